@@ -1,0 +1,51 @@
+# normlab: the two set-up commands of the README.
+#   make report   create the environment, prepare the data, execute the notebooks, build the HTML book
+#   make test     same set-up, then the whole test suite (pytest + nbval + quick pipeline + browser)
+# Options: PROFILE=quick|default|full|path.yaml   SET="name=value other=value"   PYTHON=python3.11
+PYTHON ?= python3
+VENV ?= .venv
+PROFILE ?= default
+SET ?=
+PY := $(VENV)/bin/python
+
+.PHONY: report test setup data browser benchmark clean
+
+report: setup data
+	$(PY) -m normlib.pipeline --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
+
+test: setup data browser
+	$(PY) -m pytest
+
+benchmark: setup data
+	$(PY) benchmarks/bench.py
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c requirements.lock -e '.[test]'
+	$(PY) -m ipykernel install --sys-prefix --name normlab --display-name "normlab (.venv)" > /dev/null
+	touch $@
+
+# Fashion-MNIST: local files first; on Debian as root install the package; else torchvision's download.
+data: setup
+	@$(PY) -m normlib.data 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	    echo "installing Debian's dataset-fashion-mnist"; \
+	    (apt-get install -y -qq dataset-fashion-mnist > /dev/null 2>&1 || \
+	     (apt-get update -qq > /dev/null && apt-get install -y -qq dataset-fashion-mnist > /dev/null)); \
+	  fi; \
+	  $(PY) -m normlib.data || $(PY) -m normlib.data --download; }
+
+# Headless Chromium for the browser test of the rendered book (Debian's package, when root).
+browser:
+	@command -v chromium > /dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	    echo "installing Debian's chromium"; \
+	    (apt-get install -y -qq chromium > /dev/null 2>&1 || \
+	     (apt-get update -qq > /dev/null && apt-get install -y -qq chromium > /dev/null)); \
+	  else echo "chromium not found: the browser test will be skipped"; fi; }
+
+clean:
+	rm -rf _build .build-tmp book/notebooks results
