@@ -1,0 +1,409 @@
+"""Normalization layers written from scratch, with hand-derived gradients.
+
+- Batch norm: Ioffe & Szegedy 2015, Alg. 1 (training transform) and Alg. 2 (running
+  statistics for inference; the variance is stored unbiased, momentum update as in torch).
+- Layer norm: Ba, Kiros & Hinton 2016, eq. 4 (statistics over the features of one example).
+- Group norm: Wu & He 2018, eq. 1-3 with per-channel gamma/beta (layer-norm math on (N, G, -1)).
+- Weight norm: Salimans & Kingma 2016, eq. 2 (w = g v/||v||), eq. 3 (gradients) and sec. 3
+  (data-dependent initialization).
+
+Each normalization is a pure pair, cs231n style: `*_forward` returns the output and a cache,
+`*_backward` takes the upstream gradient and that cache and returns one gradient per input.
+A `torch.autograd.Function` wraps each pair and an `nn.Module` holds the parameters, so the
+layers drop into a network like torch's. All of them are checked against torch's built-ins
+and finite differences in normlib.check and tests/test_norms.py.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+NORM_KINDS = ("none", "batch", "layer", "weight", "group")
+IMPLS = ("custom", "torch")
+
+
+# ----------------------------------------------------------------------------
+# batch norm (Ioffe & Szegedy 2015, Alg. 1)
+# Speed notes (CPU): torch.var_mean is several times slower than a mean plus a norm of the centred
+# values, and every full-size temporary costs a pass over memory (and page faults), so the backward
+# reuses one buffer for dy*x_hat and dx, and updates it in place.
+
+def batch_norm_forward(x, gamma, beta, eps):
+    """x: (N, C) or (N, C, H, W); gamma, beta: (C,). Normalizes over every axis but C.
+    Returns y (like x) and cache = (x_c, gamma, inv_std, mean, var) with x_c = x - mean, so that
+    x_hat = x_c * inv_std; the backward uses the first three, mean and var (biased, (C,)) feed
+    the running statistics of BatchNorm."""
+    n, c = x.shape[:2]
+    x3 = x.reshape(n, c, -1)  # (N, C, L), L = H*W or 1
+    m = x3.shape[0] * x3.shape[2]  # values per channel
+    mean = x3.mean((0, 2), keepdim=True)  # (1, C, 1)
+    x_c = x3 - mean  # (N, C, L)
+    var = torch.linalg.vector_norm(x_c, dim=2).square_().sum(0).div_(m)  # (C,) biased
+    inv_std = torch.rsqrt(var + eps).view(1, c, 1)  # (1, C, 1)
+    y = torch.addcmul(beta.view(1, c, 1), x_c, gamma.view(1, c, 1) * inv_std)  # (N, C, L) = gamma*x_hat + beta
+    return y.view(x.shape), (x_c, gamma, inv_std, mean.view(c), var)
+
+
+def batch_norm_backward(dy, cache):
+    """dy: like x. Returns dx (like dy), dgamma (C,), dbeta (C,)."""
+    x_c, gamma, inv_std = cache[:3]  # (N, C, L), (C,), (1, C, 1)
+    n, c, l = x_c.shape
+    dy3 = dy.reshape(n, c, l)
+    dbeta = dy3.sum((0, 2))  # (C,)
+    dx = dy3 * x_c  # (N, C, L), a scratch buffer that becomes dx
+    dgamma = dx.sum((0, 2)).mul_(inv_std.view(c))  # (C,) = sum(dy * x_hat)
+    # With sum(dx_hat) = gamma*dbeta and sum(dx_hat*x_hat) = gamma*dgamma the compact formula
+    # dx = inv_std/M (M dx_hat - sum(dx_hat) - x_hat sum(dx_hat x_hat)), dx_hat = gamma*dy, becomes
+    # dx = a*dy - a/M*dbeta - a/M*dgamma*x_hat with a = gamma*inv_std, one number per channel.
+    a = gamma.view(1, c, 1) * inv_std  # (1, C, 1)
+    a_m = a / (n * l)  # (1, C, 1)
+    torch.mul(dy3, a, out=dx).sub_(dbeta.view(1, c, 1) * a_m)
+    dx.addcmul_(x_c, dgamma.view(1, c, 1) * a_m * inv_std, value=-1)  # x_hat = x_c * inv_std
+    return dx.view(dy.shape), dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------
+# layer norm (Ba et al. 2016) and group norm (Wu & He 2018): standardize the rows of a 2-D view
+
+def _standardize(x2, eps):
+    """x2: (R, K). Returns x_hat (R, K) with zero mean and unit (biased) variance per row, inv_std (R, 1)."""
+    x_hat = x2 - x2.mean(1, keepdim=True)  # (R, K), centred, normalized in place below
+    var = torch.linalg.vector_norm(x_hat, dim=1, keepdim=True).square_().div_(x2.shape[1])  # (R, 1)
+    inv_std = torch.rsqrt(var.add_(eps))  # (R, 1)
+    return x_hat.mul_(inv_std), inv_std
+
+
+def _standardize_backward(dx, x_hat, inv_std, s1, s2):
+    """Overwrites dx (R, K), holding dx_hat, with the gradient through x_hat = (x - mean)*inv_std:
+    dx = inv_std/K (K dx_hat - s1 - x_hat s2), s1 = sum(dx_hat), s2 = sum(dx_hat x_hat) per row (R, 1)."""
+    k = x_hat.shape[1]
+    dx.addcmul_(x_hat, s2 / k, value=-1)
+    return torch.addcmul(s1.mul_(inv_std / -k), dx, inv_std, out=dx)  # two passes over dx in all
+
+
+def layer_norm_forward(x, gamma, beta, eps):
+    """x: (N, *F); gamma, beta: F. Normalizes each example over all its axes but the first.
+    Returns y (N, *F) and cache = (x_hat, inv_std, gamma)."""
+    x_hat, inv_std = _standardize(x.reshape(x.shape[0], -1), eps)  # (N, K), (N, 1)
+    x_hat = x_hat.view(x.shape)
+    return torch.addcmul(beta, x_hat, gamma), (x_hat, inv_std, gamma)
+
+
+def layer_norm_backward(dy, cache):
+    """dy: (N, *F). Returns dx (N, *F), dgamma F, dbeta F."""
+    x_hat, inv_std, gamma = cache  # (N, *F), (N, 1), F
+    n = dy.shape[0]
+    dy2, x_hat2, g = dy.reshape(n, -1), x_hat.view(n, -1), gamma.reshape(-1)  # (N, K), (N, K), (K,)
+    ones = dy.new_ones(n)  # column sums as matrix-vector products: much faster than .sum(0) on CPU
+    dx = dy2 * x_hat2  # (N, K), a scratch buffer that becomes dx
+    dgamma, dbeta = ones @ dx, ones @ dy2  # (K,)
+    # dx_hat = gamma*dy, so its row sums are matrix-vector products with gamma too
+    s1 = (dy2 @ g).unsqueeze(1)  # (N, 1) sum(dx_hat)
+    s2 = (dx @ g).unsqueeze(1)  # (N, 1) sum(dx_hat*x_hat)
+    _standardize_backward(torch.mul(dy2, g, out=dx), x_hat2, inv_std, s1, s2)
+    return dx.view(dy.shape), dgamma.view(gamma.shape), dbeta.view(gamma.shape)
+
+
+def group_norm_forward(x, gamma, beta, num_groups, eps):
+    """x: (N, C, *S); gamma, beta: (C,). Normalizes over (C/G, *S) within each of the G channel groups.
+    Returns y (like x) and cache = (x_hat, inv_std, gamma, num_groups)."""
+    n, c = x.shape[:2]
+    x_hat, inv_std = _standardize(x.reshape(n * num_groups, -1), eps)  # (N*G, C/G*L), (N*G, 1)
+    x_hat = x_hat.view(n, c, -1)  # (N, C, L)
+    y = torch.addcmul(beta.view(1, c, 1), x_hat, gamma.view(1, c, 1))  # (N, C, L)
+    return y.view(x.shape), (x_hat, inv_std, gamma, num_groups)
+
+
+def group_norm_backward(dy, cache):
+    """dy: (N, C, *S). Returns dx (like dy), dgamma (C,), dbeta (C,)."""
+    x_hat, inv_std, gamma, num_groups = cache  # (N, C, L), (N*G, 1), (C,)
+    n, c, l = x_hat.shape
+    dy3 = dy.reshape(n, c, l)
+    dx = dy3 * x_hat  # (N, C, L), a scratch buffer that becomes dx
+    dgamma = dx.sum((0, 2))  # (C,)
+    dbeta = dy3.sum((0, 2))  # (C,)
+    # per-group sums of dx_hat = gamma*dy and of dx_hat*x_hat, from per-(n, c) sums
+    s1 = (dy3.sum(2) * gamma).view(n * num_groups, -1).sum(1, keepdim=True)  # (N*G, 1)
+    s2 = (dx.sum(2) * gamma).view(n * num_groups, -1).sum(1, keepdim=True)  # (N*G, 1)
+    torch.mul(dy3, gamma.view(1, c, 1), out=dx)
+    _standardize_backward(dx.view(n * num_groups, -1), x_hat.view(n * num_groups, -1), inv_std, s1, s2)
+    return dx.view(dy.shape), dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------
+# weight norm (Salimans & Kingma 2016, eq. 2-3)
+
+def weight_norm_forward(v, g):
+    """v: (out, *in); g: (out,). w = g * v/||v|| with the norm over all dims but 0.
+    Returns w (out, *in) and cache = (v, g, inv_norm)."""
+    inv_norm = torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1).reciprocal_()  # (out,)
+    bshape = (-1,) + (1,) * (v.dim() - 1)
+    return v * (g * inv_norm).view(bshape), (v, g, inv_norm)
+
+
+def weight_norm_backward(dw, cache):
+    """dw: (out, *in). Eq. 3: dg = dw.v/||v||, dv = g/||v|| dw - g dg/||v||^2 v. Returns dv, dg (out,)."""
+    v, g, inv_norm = cache
+    out = v.shape[0]
+    bshape = (-1,) + (1,) * (v.dim() - 1)
+    dg = torch.linalg.vecdot(dw.reshape(out, -1), v.reshape(out, -1)) * inv_norm  # (out,)
+    scale = g * inv_norm  # (out,)
+    dv = (dw * scale.view(bshape)).addcmul_(v, (scale * dg * inv_norm).view(bshape), value=-1)
+    return dv, dg
+
+
+# ----------------------------------------------------------------------------
+# autograd Functions: the pairs above as differentiable ops (first derivatives only)
+
+class BatchNormFn(torch.autograd.Function):
+    """BatchNormFn.apply(x, gamma, beta, eps) -> (y, mean, var); mean, var are the batch
+    statistics (biased, (C,)), returned for the running averages and not differentiable."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps):
+        y, (x_c, gamma, inv_std, mean, var) = batch_norm_forward(x, gamma, beta, eps)
+        ctx.save_for_backward(x_c, gamma, inv_std)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, _dmean, _dvar):
+        dx, dgamma, dbeta = batch_norm_backward(dy, ctx.saved_tensors)
+        return dx, dgamma, dbeta, None
+
+
+class LayerNormFn(torch.autograd.Function):
+    """LayerNormFn.apply(x, gamma, beta, eps) -> y."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps):
+        y, cache = layer_norm_forward(x, gamma, beta, eps)
+        ctx.save_for_backward(*cache)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        return *layer_norm_backward(dy, ctx.saved_tensors), None
+
+
+class GroupNormFn(torch.autograd.Function):
+    """GroupNormFn.apply(x, gamma, beta, num_groups, eps) -> y."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, num_groups, eps):
+        y, (x_hat, inv_std, gamma, num_groups) = group_norm_forward(x, gamma, beta, num_groups, eps)
+        ctx.save_for_backward(x_hat, inv_std, gamma)
+        ctx.num_groups = num_groups
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        return *group_norm_backward(dy, (*ctx.saved_tensors, ctx.num_groups)), None, None
+
+
+class WeightNormFn(torch.autograd.Function):
+    """WeightNormFn.apply(v, g) -> w = g * v/||v||."""
+
+    @staticmethod
+    def forward(ctx, v, g):
+        w, cache = weight_norm_forward(v, g)
+        ctx.save_for_backward(*cache)
+        return w
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dw):
+        return weight_norm_backward(dw, ctx.saved_tensors)
+
+
+# ----------------------------------------------------------------------------
+# modules (parameters named weight/bias like torch's, so state dicts are interchangeable)
+
+class BatchNorm(nn.Module):
+    """Batch norm over (N, C) or (N, C, H, W); running statistics as in torch (Alg. 2 at eval)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = nn.Parameter(torch.ones(num_features))  # gamma
+        self.bias = nn.Parameter(torch.zeros(num_features))  # beta
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))  # unbiased, as torch
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x):
+        c = self.num_features
+        if x.dim() not in (2, 4) or x.shape[1] != c:
+            raise ValueError(f"BatchNorm({c}) expected input of shape (N, {c}) or (N, {c}, H, W), "
+                             f"got {tuple(x.shape)}")
+        bshape = (1, c) + (1,) * (x.dim() - 2)
+        if not self.training:  # Alg. 2: a fixed affine map from the running statistics
+            scale = self.weight * torch.rsqrt(self.running_var + self.eps)  # (C,)
+            shift = self.bias - self.running_mean * scale  # (C,)
+            return torch.addcmul(shift.view(bshape), x, scale.view(bshape))
+        m = x.numel() // c  # values per channel
+        if m == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+        y, mean, var = BatchNormFn.apply(x, self.weight, self.bias, self.eps)
+        with torch.no_grad():
+            p = self.momentum
+            self.running_mean.mul_(1 - p).add_(mean, alpha=p)
+            self.running_var.mul_(1 - p).add_(var, alpha=p * m / (m - 1))  # unbiased variance
+            self.num_batches_tracked.add_(1)
+        return y
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class LayerNorm(nn.Module):
+    """Layer norm of inputs (N, *normalized_shape), with gamma, beta of normalized_shape."""
+
+    def __init__(self, normalized_shape, eps=1e-5):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.normalized_shape, self.eps = shape, eps
+        self.weight = nn.Parameter(torch.ones(shape))  # gamma
+        self.bias = nn.Parameter(torch.zeros(shape))  # beta
+
+    def forward(self, x):
+        if tuple(x.shape[1:]) != self.normalized_shape:
+            expected = ", ".join(map(str, ("N",) + self.normalized_shape))
+            raise ValueError(f"LayerNorm expected input of shape ({expected}), got {tuple(x.shape)}")
+        return LayerNormFn.apply(x, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
+class GroupNorm(nn.Module):
+    """Group norm of inputs (N, C, *S): G groups of C/G channels, per-channel gamma, beta."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5):
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_channels={num_channels} is not divisible by num_groups={num_groups}")
+        self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
+        self.weight = nn.Parameter(torch.ones(num_channels))  # gamma
+        self.bias = nn.Parameter(torch.zeros(num_channels))  # beta
+
+    def forward(self, x):
+        c = self.num_channels
+        if x.dim() < 2 or x.shape[1] != c:
+            raise ValueError(f"GroupNorm expected input of shape (N, {c}, ...), got {tuple(x.shape)}")
+        return GroupNormFn.apply(x, self.weight, self.bias, self.num_groups, self.eps)
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+
+class WeightNormLinear(nn.Module):
+    """nn.Linear with w = g v/||v|| (per output unit); built from an existing layer, same function at init."""
+
+    def __init__(self, layer: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.v = nn.Parameter(layer.weight.detach().clone())  # (out, in)
+        self.g = nn.Parameter(torch.linalg.vector_norm(self.v.detach(), dim=1))  # (out,)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())  # (out,)
+
+    def forward(self, x):
+        return F.linear(x, WeightNormFn.apply(self.v, self.g), self.bias)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class WeightNormConv2d(nn.Module):
+    """nn.Conv2d with w = g v/||v|| (per output channel); keeps the layer's stride, padding, dilation, groups."""
+
+    def __init__(self, layer: nn.Conv2d):
+        super().__init__()
+        if layer.padding_mode != "zeros":
+            raise ValueError(f"weight_norm: padding_mode={layer.padding_mode!r} is not supported, only 'zeros'")
+        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+        self.v = nn.Parameter(layer.weight.detach().clone())  # (out, in/groups, kh, kw)
+        self.g = nn.Parameter(torch.linalg.vector_norm(self.v.detach().flatten(1), dim=1))  # (out,)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())  # (out,)
+
+    def forward(self, x):
+        w = WeightNormFn.apply(self.v, self.g)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self):
+        return (f"{self.v.shape[1] * self.groups}, {self.v.shape[0]}, kernel_size={tuple(self.v.shape[2:])}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+
+
+def weight_norm(layer, impl="custom"):
+    """Weight-normalized copy of an nn.Linear / nn.Conv2d computing the same function at init.
+    impl="torch" applies torch.nn.utils.parametrizations.weight_norm to the layer itself."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl = {impl!r}: allowed {', '.join(IMPLS)}")
+    if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+        raise TypeError(f"weight_norm: layer must be nn.Linear or nn.Conv2d, got {type(layer).__name__}")
+    if impl == "torch":
+        return nn.utils.parametrizations.weight_norm(layer)
+    return WeightNormLinear(layer) if isinstance(layer, nn.Linear) else WeightNormConv2d(layer)
+
+
+@torch.no_grad()
+def data_dependent_init(model, x):
+    """Salimans & Kingma 2016, sec. 3: run the batch x through model once; at each custom weight-norm
+    layer, in forward order, take t = v.x/||v|| (per output unit, over the batch and positions) and set
+    g = 1/std(t), b = -mean(t)/std(t), so the layer's outputs on x have mean 0 and std 1 and later
+    layers see the initialized earlier ones. Returns the model."""
+    def init(layer, inputs, _output):
+        w = WeightNormFn.apply(layer.v, torch.ones_like(layer.g))  # v/||v||
+        t = F.linear(inputs[0], w) if isinstance(layer, WeightNormLinear) else \
+            F.conv2d(inputs[0], w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+        dims = [0] + list(range(2, t.dim()))  # all but the output unit
+        std, mean = torch.std_mean(t, dim=dims, correction=0)  # (out,)
+        std.clamp_min_(1e-12)  # a unit with constant t (e.g. dead inputs) keeps a finite scale
+        layer.g.copy_(std.reciprocal())
+        if layer.bias is not None:
+            layer.bias.copy_(-mean / std)
+        return layer.forward(*inputs)  # the initialized output, seen by later layers
+
+    layers = [m for m in model.modules() if isinstance(m, (WeightNormLinear, WeightNormConv2d))]
+    hooks = [m.register_forward_hook(init) for m in layers]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return model
+
+
+# ----------------------------------------------------------------------------
+# factory used by models.py
+
+def group_count(channels, groups=8):
+    """Largest divisor of channels that is <= groups."""
+    return max(d for d in range(1, min(groups, channels) + 1) if channels % d == 0)
+
+
+def make_norm(kind, shape, impl="custom", eps=1e-5, momentum=0.1, groups=8):
+    """The normalization layer for activations of one example of `shape`: (C,) after a Linear,
+    (C, H, W) after a conv. 'none' and 'weight' give nn.Identity (weight norm wraps the layer instead)."""
+    if kind not in NORM_KINDS:
+        raise ValueError(f"kind = {kind!r}: allowed {', '.join(NORM_KINDS)}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl = {impl!r}: allowed {', '.join(IMPLS)}")
+    shape = tuple(shape)
+    if len(shape) not in (1, 3):
+        raise ValueError(f"shape = {shape}: allowed (C,) or (C, H, W)")
+    c = shape[0]
+    if kind in ("none", "weight"):
+        return nn.Identity()
+    if kind == "batch":
+        if impl == "custom":
+            return BatchNorm(c, eps=eps, momentum=momentum)
+        return (nn.BatchNorm1d if len(shape) == 1 else nn.BatchNorm2d)(c, eps=eps, momentum=momentum)
+    if kind == "layer":
+        return LayerNorm(shape, eps=eps) if impl == "custom" else nn.LayerNorm(shape, eps=eps)
+    g = group_count(c, groups)
+    return GroupNorm(g, c, eps=eps) if impl == "custom" else nn.GroupNorm(g, c, eps=eps)

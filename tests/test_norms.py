@@ -1,0 +1,299 @@
+"""Tests of normlib.norms: the hand-written layers against torch's built-ins, finite differences
+and gradcheck (float64), running statistics, the invariances of Ba et al. 2016 Table 1,
+the factory, error messages and the weight-norm data-dependent init."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normlib.check import compare_to_builtin, gradcheck, max_abs, numeric_gradient_errors, rel_error
+from normlib.norms import (BatchNorm, GroupNorm, LayerNorm, WeightNormConv2d, WeightNormFn, WeightNormLinear,
+                           data_dependent_init, group_count, make_norm, weight_norm)
+
+f64 = torch.float64
+
+# Input shapes per kind, 2-D and 4-D, each with a batch of 2. Every normalized set holds more than
+# two values: with exactly two, x_hat = +-1 whatever x is, dx is ~0 and its elementwise relative
+# error measures only rounding (this is why batch norm gets no (2, C) case).
+CASES = [("batch", (16, 12)), ("batch", (2, 12, 5, 5)), ("batch", (6, 8, 3, 4)),
+         ("layer", (2, 32)), ("layer", (7, 12)), ("layer", (2, 12, 5, 5)),
+         ("group", (2, 32)), ("group", (3, 12, 5, 5)), ("group", (2, 16, 4, 4)),
+         ("weight", (2, 32)), ("weight", (5, 12)), ("weight", (2, 8, 5, 5))]
+SMALL_CASES = [("batch", (5, 6)), ("batch", (3, 4, 2, 3)), ("layer", (2, 12)), ("layer", (3, 4, 2, 3)),
+               ("group", (2, 32)), ("group", (2, 8, 3, 3)), ("weight", (4, 6)), ("weight", (2, 3, 4, 4))]
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=f64)
+
+
+# ----------------------------------------------------------------------------
+# gradients: against torch, finite differences, gradcheck
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("kind, shape", CASES)
+def test_matches_builtin(kind, shape, seed):
+    errors = compare_to_builtin(kind, shape, seed=seed)
+    grads = {"dx", "dgamma", "dbeta"} if kind != "weight" else {"dx", "dv", "dg"}
+    assert set(errors) == {"out"} | grads
+    worst = {name: e["rel"] for name, e in errors.items()}
+    assert max(worst.values()) <= 1e-10, worst  # typically ~1e-14
+
+
+@pytest.mark.parametrize("kind, shape", SMALL_CASES)
+def test_numeric_gradient(kind, shape):
+    errors = numeric_gradient_errors(kind, shape, seed=3)
+    # elementwise relative error; round-off of the h = 1e-5 differences on the smallest entries of dx
+    # gives up to ~1e-6, a wrong gradient gives ~1
+    assert max(errors.values()) < 1e-5, errors
+
+
+@pytest.mark.parametrize("kind, shape", SMALL_CASES)
+def test_gradcheck(kind, shape):
+    assert gradcheck(kind, shape)
+
+
+def test_rel_error_is_cs231n():
+    a, b = torch.tensor([1.0, 0.0, -2.0]), torch.tensor([1.0, 0.0, -2.2])
+    assert rel_error(a, b) == pytest.approx(0.2 / 4.2)
+    assert max_abs(a, b) == pytest.approx(0.2)
+
+
+# ----------------------------------------------------------------------------
+# modules
+
+@pytest.mark.parametrize("momentum", [0.1, 0.5])
+@pytest.mark.parametrize("shape, builtin", [((8, 6), nn.BatchNorm1d), ((4, 6, 3, 3), nn.BatchNorm2d)])
+def test_batch_norm_running_stats_match_torch(shape, builtin, momentum):
+    ours, theirs = BatchNorm(6, momentum=momentum).double(), builtin(6, momentum=momentum).double()
+    for step in range(5):  # training steps on fresh batches with moving statistics
+        x = 3 * randn(*shape, seed=step) + step
+        assert rel_error(ours(x), theirs(x)) <= 1e-10
+    for name in ("running_mean", "running_var"):
+        assert rel_error(getattr(ours, name), getattr(theirs, name)) <= 1e-12, name
+    assert ours.num_batches_tracked.item() == theirs.num_batches_tracked.item() == 5
+    ours.eval(), theirs.eval()
+    x = (5 * randn(*shape, seed=9) + 12).requires_grad_()
+    y_ours, y_theirs = ours(x), theirs(x)
+    assert rel_error(y_ours, y_theirs) <= 1e-10
+    dy = randn(*shape, seed=10)
+    assert rel_error(*(torch.autograd.grad(y, x, dy)[0] for y in (y_ours, y_theirs))) <= 1e-10
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+
+
+@pytest.mark.parametrize("module, builtin, shape", [
+    (LayerNorm((6, 3, 3)), nn.LayerNorm((6, 3, 3)), (4, 6, 3, 3)),
+    (GroupNorm(3, 6), nn.GroupNorm(3, 6), (4, 6, 3, 3)),
+    (GroupNorm(2, 6), nn.GroupNorm(2, 6), (4, 6))])
+def test_module_matches_torch_module(module, builtin, shape):
+    module, builtin = module.double(), builtin.double()
+    with torch.no_grad():  # non-trivial affine parameters
+        for m in (module, builtin):
+            m.weight.copy_(randn(*m.weight.shape, seed=1))
+            m.bias.copy_(randn(*m.bias.shape, seed=2))
+    x = 5 * randn(*shape) + 12
+    assert rel_error(module(x), builtin(x)) <= 1e-10
+
+
+@pytest.mark.parametrize("make_layer", [lambda: nn.Linear(7, 5),
+                                        lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1),
+                                        lambda: nn.Conv2d(3, 4, 2, bias=False, dilation=2)])
+def test_weight_norm_custom_matches_torch(make_layer):
+    torch.manual_seed(0)
+    layer = make_layer().double()
+    ours, theirs = weight_norm(copy.deepcopy(layer)), weight_norm(copy.deepcopy(layer), impl="torch")
+    assert isinstance(ours, WeightNormLinear if isinstance(layer, nn.Linear) else WeightNormConv2d)
+    x = 5 * randn(6, 7, seed=1) + 12 if isinstance(layer, nn.Linear) else 5 * randn(6, 3, 8, 8, seed=1) + 12
+    x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ours, y_theirs = ours(x_ours), theirs(x_theirs)
+    assert rel_error(y_ours, layer(x)) <= 1e-10  # unchanged function at init
+    assert rel_error(y_ours, y_theirs) <= 1e-10
+    dy = randn(*y_ours.shape, seed=2)
+    y_ours.backward(dy), y_theirs.backward(dy)
+    p = theirs.parametrizations.weight
+    assert rel_error(x_ours.grad, x_theirs.grad) <= 1e-10
+    assert rel_error(ours.v.grad, p.original1.grad) <= 1e-10
+    assert rel_error(ours.g.grad, p.original0.grad.view(-1)) <= 1e-10
+    if layer.bias is not None:
+        assert rel_error(ours.bias.grad, theirs.bias.grad) <= 1e-10
+
+
+def test_data_dependent_init_standardizes_preactivations():
+    torch.manual_seed(0)
+    model = nn.Sequential(weight_norm(nn.Conv2d(3, 8, 3, padding=1)), nn.ReLU(), nn.Flatten(),
+                          weight_norm(nn.Linear(8 * 6 * 6, 16)), nn.ReLU(),
+                          weight_norm(nn.Linear(16, 10))).double()
+    x = 5 * randn(64, 3, 6, 6) + 12
+    layers = [m for m in model if isinstance(m, (WeightNormLinear, WeightNormConv2d))]
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: outputs.__setitem__(m, o)) for m in layers]
+    model(x)
+    before = [outputs[m].transpose(0, 1).flatten(1).std(1, correction=0) for m in layers]
+    assert max((s - 1).abs().max().item() for s in before) > 0.5  # default init: stds far from 1
+
+    assert data_dependent_init(model, x) is model
+    model(x)  # the initialized model, with the hooks still recording
+    for h in hooks:
+        h.remove()
+    for m in layers:
+        t = outputs[m].transpose(0, 1).flatten(1)  # (out, N*H*W) per output unit
+        std, mean = torch.std_mean(t, dim=1, correction=0)
+        assert mean.abs().max().item() < 1e-10
+        assert (std - 1).abs().max().item() < 1e-10
+
+
+# ----------------------------------------------------------------------------
+# invariances of Ba et al. 2016, Table 1, on the summed inputs a = W x (no bias), eps = 0.
+# True: the normalized output is unchanged; False: it changes (which shows the check can fail).
+
+def _rescale_row(w):
+    w = w.clone()
+    w[2] *= 3.7
+    return w
+
+
+def _rescale_example(x):
+    x = x.clone()
+    x[1] *= 3.7
+    return x
+
+
+TRANSFORMS = {  # name -> (x, W) -> (x', W')
+    "weight matrix rescaled": lambda x, w: (x, 3.7 * w),
+    "weight matrix recentred": lambda x, w: (x, w + randn(w.shape[1], seed=5)),  # W + 1 gamma^T
+    "one weight vector rescaled": lambda x, w: (x, _rescale_row(w)),
+    "dataset rescaled": lambda x, w: (3.7 * x, w),
+    "dataset recentred": lambda x, w: (x + randn(x.shape[1], seed=6), w),
+    "one example rescaled": lambda x, w: (_rescale_example(x), w),
+}
+NORMALIZED = {  # name -> normalized summed inputs of x (N, D) under weights W (M, D)
+    "batch": lambda x, w: BatchNorm(w.shape[0], eps=0.0).double()(x @ w.T),
+    "layer": lambda x, w: LayerNorm(w.shape[0], eps=0.0).double()(x @ w.T),
+    "weight": lambda x, w: x @ WeightNormFn.apply(w, torch.ones(w.shape[0], dtype=f64)).T,
+}
+INVARIANT = [
+    ("batch", "weight matrix rescaled", True), ("batch", "weight matrix recentred", False),
+    ("batch", "one weight vector rescaled", True), ("batch", "dataset rescaled", True),
+    ("batch", "dataset recentred", True), ("batch", "one example rescaled", False),
+    ("layer", "weight matrix rescaled", True), ("layer", "weight matrix recentred", True),
+    ("layer", "one weight vector rescaled", False), ("layer", "dataset recentred", False),
+    ("layer", "one example rescaled", True),
+    ("weight", "weight matrix rescaled", True), ("weight", "weight matrix recentred", False),
+    ("weight", "one weight vector rescaled", True), ("weight", "dataset rescaled", False),
+    ("weight", "one example rescaled", False),
+]
+
+
+@pytest.mark.parametrize("norm, transform, invariant", INVARIANT)
+def test_invariances_of_ba_et_al_table_1(norm, transform, invariant):
+    x, w = 5 * randn(8, 6, seed=1) + 12, randn(5, 6, seed=2)
+    before = NORMALIZED[norm](x, w)
+    after = NORMALIZED[norm](*TRANSFORMS[transform](x, w))
+    diff = max_abs(before, after)
+    if invariant:
+        assert diff < 1e-9, diff
+    else:
+        assert diff > 1e-3, diff
+
+
+# ----------------------------------------------------------------------------
+# factory and errors
+
+@pytest.mark.parametrize("shape", [(12,), (12, 5, 5)])
+@pytest.mark.parametrize("kind, impl, expected", [
+    ("none", "custom", nn.Identity), ("none", "torch", nn.Identity),
+    ("weight", "custom", nn.Identity), ("weight", "torch", nn.Identity),
+    ("batch", "custom", BatchNorm), ("batch", "torch", None),
+    ("layer", "custom", LayerNorm), ("layer", "torch", nn.LayerNorm),
+    ("group", "custom", GroupNorm), ("group", "torch", nn.GroupNorm)])
+def test_make_norm_class(kind, impl, expected, shape):
+    if expected is None:
+        expected = nn.BatchNorm1d if len(shape) == 1 else nn.BatchNorm2d
+    layer = make_norm(kind, shape, impl=impl)
+    assert type(layer) is expected
+    x = torch.randn(4, *shape)
+    assert layer(x).shape == x.shape  # the layer fits activations of that shape
+
+
+def test_make_norm_settings():
+    assert make_norm("batch", (12,), eps=1e-3, momentum=0.3).momentum == 0.3
+    assert make_norm("layer", (12, 5, 5), impl="torch", eps=1e-3).eps == 1e-3
+    assert make_norm("group", (12, 5, 5)).num_groups == 6  # largest divisor of 12 that is <= 8
+    assert make_norm("group", (32,), impl="torch").num_groups == 8
+    assert [group_count(c) for c in (1, 7, 9, 12, 16, 30)] == [1, 7, 3, 6, 8, 6]
+
+
+@pytest.mark.parametrize("shape", [(1, 3), (1, 3, 1, 1)])
+def test_batch_norm_one_value_per_channel(shape):
+    x = torch.randn(*shape)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training") as ours:
+        BatchNorm(3)(x)
+    with pytest.raises(ValueError) as theirs:
+        (nn.BatchNorm1d if len(shape) == 2 else nn.BatchNorm2d)(3)(x)
+    assert str(ours.value) == str(theirs.value)  # same message as torch
+    assert BatchNorm(3).eval()(x).shape == x.shape  # fine with running statistics
+
+
+@pytest.mark.parametrize("module, shape, message", [
+    (BatchNorm(4), (2, 5), r"expected input of shape \(N, 4\) or \(N, 4, H, W\), got \(2, 5\)"),
+    (BatchNorm(4), (2, 4, 3), r"expected input of shape \(N, 4\) or \(N, 4, H, W\), got \(2, 4, 3\)"),
+    (LayerNorm(4), (2, 5), r"expected input of shape \(N, 4\), got \(2, 5\)"),
+    (LayerNorm((4, 3, 3)), (2, 4, 3, 2), r"expected input of shape \(N, 4, 3, 3\), got \(2, 4, 3, 2\)"),
+    (GroupNorm(2, 4), (2, 6, 3, 3), r"expected input of shape \(N, 4, \.\.\.\), got \(2, 6, 3, 3\)")])
+def test_wrong_shape_names_expected_and_received(module, shape, message):
+    with pytest.raises(ValueError, match=message):
+        module(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: make_norm("batchnorm", (4,)), r"kind = 'batchnorm': allowed none, batch, layer, weight, group"),
+    (lambda: make_norm("batch", (4,), impl="cuda"), r"impl = 'cuda': allowed custom, torch"),
+    (lambda: make_norm("batch", (4, 5)), r"shape = \(4, 5\): allowed \(C,\) or \(C, H, W\)"),
+    (lambda: weight_norm(nn.Linear(2, 2), impl="cudnn"), r"impl = 'cudnn': allowed custom, torch"),
+    (lambda: GroupNorm(3, 4), r"num_channels=4 is not divisible by num_groups=3"),
+    (lambda: compare_to_builtin("instance", (2, 3)), r"kind = 'instance': allowed batch, layer, group, weight")])
+def test_bad_arguments_raise_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_weight_norm_rejects_other_layers():
+    with pytest.raises(TypeError, match="nn.Linear or nn.Conv2d, got ReLU"):
+        weight_norm(nn.ReLU())
+
+
+def test_autograd_functions_in_a_network():
+    """Custom and torch layers give the same parameter gradients through a small network."""
+    torch.manual_seed(0)
+    x, y = 5 * randn(16, 1, 6, 6) + 12, torch.randint(0, 3, (16,))
+    grads = {}
+    for impl in ("custom", "torch"):
+        torch.manual_seed(1)
+        net = nn.Sequential(nn.Conv2d(1, 4, 3), make_norm("batch", (4, 4, 4), impl=impl), nn.ReLU(),
+                            nn.Flatten(), nn.Linear(64, 8), make_norm("layer", (8,), impl=impl), nn.ReLU(),
+                            nn.Linear(8, 8), make_norm("group", (8,), impl=impl, groups=2),
+                            nn.Linear(8, 3)).double()
+        F.cross_entropy(net(x), y).backward()
+        grads[impl] = [p.grad for p in net.parameters()]
+    assert len(grads["custom"]) == len(grads["torch"]) == 14
+    for a, b in zip(grads["custom"], grads["torch"]):
+        assert max_abs(a, b) <= 1e-12 * max(1.0, b.abs().max().item())
+
+
+@pytest.mark.parametrize("kind", ["batch", "layer", "group"])
+def test_non_contiguous_inputs_and_gradients(kind):
+    """channels_last / transposed inputs; a transposed and an expanded (stride 0) upstream gradient."""
+    custom, builtin = (make_norm(kind, (8, 5, 5), impl=impl).double() for impl in ("custom", "torch"))
+    x = 5 * randn(4, 8, 5, 5) + 12
+    w = randn(4, 8, 5, 5, seed=1).transpose(2, 3)
+    losses = [lambda y: (y * w).sum(),  # dy = w, transposed
+              lambda y: (y.sum(0) * w[0]).sum()]  # dy = w[0] expanded over the batch
+    for x_in in (x.to(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3)):
+        for loss in losses:
+            a, b = x_in.clone().requires_grad_(), x_in.clone().requires_grad_()
+            ya, yb = custom(a), builtin(b)
+            assert rel_error(ya, yb) <= 1e-10
+            loss(ya).backward(), loss(yb).backward()
+            assert rel_error(a.grad, b.grad) <= 1e-10
