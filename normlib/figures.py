@@ -1,0 +1,201 @@
+"""Figures for the report: functions of tables, one palette for the whole book.
+
+Every figure has labelled axes (with units), a legend, 95% seed bands where there are
+seeds, and a white background so it stays readable in the book's dark mode. Each
+function returns the matplotlib Figure (glue the Figure, then close it).
+"""
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+
+NORM_COLORS = {"none": "#6e6e6e", "batch": "#1f77b4", "layer": "#ff7f0e", "weight": "#2ca02c",
+               "group": "#9467bd", "batch+layer": "#d62728"}
+NORM_LABELS = {"none": "no normalization", "batch": "batch norm", "layer": "layer norm",
+               "weight": "weight norm", "group": "group norm", "batch+layer": "batch + layer norm"}
+ARCH_LABELS = {"mlp": "MLP (3 x 256)", "cnn": "CNN (2 conv + FC)"}
+METRIC_LABELS = {
+    "train_loss": "training loss (cross-entropy)", "val_loss": "validation loss (cross-entropy)",
+    "train_acc": "training accuracy", "val_acc": "validation accuracy", "test_acc": "test accuracy",
+    "test_loss": "test loss (cross-entropy)", "loss": "training loss (cross-entropy)",
+    "smoothed": "training loss, 20-step mean (cross-entropy)", "grad_norm": "gradient norm (L2)",
+    "final_val_loss": "final validation loss", "steps_to_loss": "steps to target validation loss",
+    "volatility": "step-to-step volatility of log loss", "grad_norm_cv": "gradient-norm CV",
+}
+
+
+def set_style():
+    """Seaborn theme used by every notebook; white figure background for dark mode."""
+    sns.set_theme(context="notebook", style="whitegrid")
+    plt.rcParams.update({"figure.facecolor": "white", "savefig.facecolor": "white", "figure.dpi": 100,
+                         "legend.frameon": True})
+
+
+def palette(norms):
+    return {n: NORM_COLORS.get(n, "#333333") for n in norms}
+
+
+def _legend(fig, ax):
+    handles, labels = ax.get_legend_handles_labels()
+    if ax.get_legend():
+        ax.get_legend().remove()
+    fig.legend(handles, [NORM_LABELS.get(t, t) for t in labels], loc="upper center",
+               ncol=len(labels), bbox_to_anchor=(0.5, 1.02), title=None)
+
+
+def curves(frame, y, *, x="epoch", col="arch", hue="norm", logy=False, title=None):
+    """Mean curve per condition with a 95% band across seeds, one panel per `col` value."""
+    panels = list(dict.fromkeys(frame[col])) if col else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        data = frame if panel is None else frame[frame[col] == panel]
+        sns.lineplot(data=data, x=x, y=y, hue=hue, palette=palette(data[hue].unique()),
+                     errorbar=("ci", 95), ax=ax, marker="o" if x == "epoch" else None, markersize=4)
+        ax.set_xlabel({"epoch": "epoch (passes over the training set)", "step": "step (mini-batches)"}.get(x, x))
+        ax.set_ylabel(METRIC_LABELS.get(y, y))
+        ax.set_title(ARCH_LABELS.get(panel, panel) if panel is not None else (title or ""))
+        if logy:
+            ax.set_yscale("log")
+    _legend(fig, axes[0][0])
+    for ax in axes[0][1:]:
+        if ax.get_legend():
+            ax.get_legend().remove()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return fig
+
+
+def intervals(summary, metric, *, col="arch", hue="norm", xlabel=None):
+    """Mean and 95% CI of one metric per condition (rows of metrics.summarize), one panel per col."""
+    data = summary[summary["metric"] == metric]
+    panels = list(dict.fromkeys(data[col])) if col else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 0.6 + 0.45 * data[hue].nunique()),
+                             squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        d = data if panel is None else data[data[col] == panel]
+        ys = np.arange(len(d))
+        for yi, (_, r) in zip(ys, d.iterrows()):
+            color = NORM_COLORS.get(r[hue], "#333333")
+            err = [[r["mean"] - r["lo"]], [r["hi"] - r["mean"]]] if np.isfinite(r["lo"]) else None
+            ax.errorbar(r["mean"], yi, xerr=err, fmt="o", color=color, capsize=4, markersize=7)
+        ax.set_yticks(ys, [NORM_LABELS.get(v, v) for v in d[hue]])
+        ax.set_xlabel(xlabel or METRIC_LABELS.get(metric, metric) + " (mean, 95% CI)")
+        ax.set_title(ARCH_LABELS.get(panel, panel) if panel is not None else "")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def sweep(frame, x, y, *, hue="norm", logx=True, xlabel=None, ylabel=None, diverged=None, col=None):
+    """y against a swept parameter x, per condition, 95% band over seeds; diverged runs marked with x."""
+    panels = list(dict.fromkeys(frame[col])) if col else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 3.9), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        d = frame if panel is None else frame[frame[col] == panel]
+        sns.lineplot(data=d, x=x, y=y, hue=hue, palette=palette(d[hue].unique()), errorbar=("ci", 95),
+                     marker="o", ax=ax)
+        if diverged is not None and d[diverged].any():
+            bad = d[d[diverged]]
+            top = d[y].max() if d[y].notna().any() else 1.0
+            for norm, g in bad.groupby(hue):
+                ax.scatter(g[x], [top] * len(g), marker="x", s=70, color=NORM_COLORS.get(norm, "#333"),
+                           label=f"{NORM_LABELS.get(norm, norm)} diverged", zorder=5)
+        if logx:
+            ax.set_xscale("log", base=2 if x == "batch_size" else 10)
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(ylabel or METRIC_LABELS.get(y, y))
+        ax.set_title(ARCH_LABELS.get(panel, panel) if panel is not None else "")
+    _legend(fig, axes[0][0])
+    for ax in axes[0][1:]:
+        if ax.get_legend():
+            ax.get_legend().remove()
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# figures of the studies beyond the assignment (normlib.studies)
+
+STUDY_LABELS = {
+    "val_error": "validation error (1 - accuracy)", "best_val_acc": "best validation accuracy",
+    "final_val_acc": "final validation accuracy", "final_train_loss": "final training loss (cross-entropy)",
+    "loss_range": "loss range along the gradient", "grad_change": "gradient change along the gradient (L2)",
+    "beta": "effective beta-smoothness", "grad_imbalance": "|log10(first / last layer gradient norm)|",
+    "gap": "validation - training loss", "batch_size": "batch size (examples per step)",
+    "lr": "learning rate", "init_scale": "weight-initialization scale (std)",
+    "step": "step (mini-batches)", "position": "normalization position",
+}
+
+
+def _label(name):
+    return STUDY_LABELS.get(name, METRIC_LABELS.get(name, name))
+
+
+def panels(frame, x, ys, *, hue="norm", logx=False, logy=(), diverged=None, errorbar=("ci", 95)):
+    """One panel per metric in ys: the metric against x per condition, mean and 95% band over seeds.
+    logy: metrics drawn on a log scale; diverged: a bool column, diverged runs marked x at the panel top."""
+    fig, axes = plt.subplots(1, len(ys), figsize=(4.8 * len(ys), 3.9), squeeze=False)
+    for ax, y in zip(axes[0], ys):
+        sns.lineplot(data=frame, x=x, y=y, hue=hue, palette=palette(frame[hue].unique()), errorbar=errorbar,
+                     marker="o" if x != "step" else None, markersize=5, ax=ax)
+        if diverged is not None and frame[diverged].any():
+            top = frame[y].max() if frame[y].notna().any() else 1.0
+            for norm, g in frame[frame[diverged]].groupby(hue):
+                ax.scatter(g[x], [top] * len(g), marker="x", s=70, color=NORM_COLORS.get(norm, "#333"),
+                           label=f"{NORM_LABELS.get(norm, norm)} diverged", zorder=5)
+        if logx:
+            ax.set_xscale("log", base=2 if x == "batch_size" else 10)
+        if y in logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(_label(x))
+        ax.set_ylabel(_label(y))
+    _legend(fig, axes[0][0])
+    for ax in axes[0][1:]:
+        if ax.get_legend():
+            ax.get_legend().remove()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return fig
+
+
+def percentile_traces(frame, *, col="norm"):
+    """Ioffe & Szegedy 2015, Fig. 1b-c: one unit's input percentiles over training (rows of
+    studies.drift_frame for one seed), one panel per condition; 15th-85th band, median line."""
+    panels_ = list(dict.fromkeys(frame[col]))
+    fig, axes = plt.subplots(1, len(panels_), figsize=(4.6 * len(panels_), 3.6), squeeze=False, sharey=True)
+    for ax, panel in zip(axes[0], panels_):
+        d = frame[frame[col] == panel].pivot_table(index="step", columns="quantile", values="value")
+        lo, mid, hi = (d[q] for q in sorted(d.columns))
+        color = NORM_COLORS.get(panel, "#333")
+        ax.fill_between(d.index, lo, hi, color=color, alpha=0.25, label="15th-85th percentile")
+        for q, style in zip(sorted(d.columns), ("--", "-", "--")):
+            ax.plot(d.index, d[q], style, color=color, lw=1.6 if style == "-" else 1.0,
+                    label=f"{q:.0%} percentile" if style == "-" or q == min(d.columns) else None)
+        ax.set_title(NORM_LABELS.get(panel, panel))
+        ax.set_xlabel(_label("step"))
+    axes[0][0].set_ylabel("input to the sigmoid")
+    axes[0][0].legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def points(frame, x, y, *, hue="norm", col=None, order=None, logy=False):
+    """Each seed as a dot and the mean with its 95% CI (seaborn pointplot), per x category and hue,
+    one panel per col value."""
+    panels_ = list(dict.fromkeys(frame[col])) if col else [None]
+    fig, axes = plt.subplots(1, len(panels_), figsize=(4.6 * len(panels_), 3.8), squeeze=False, sharey=True)
+    hues = list(dict.fromkeys(frame[hue]))
+    for ax, panel in zip(axes[0], panels_):
+        d = frame if panel is None else frame[frame[col] == panel]
+        kw = dict(data=d, x=x, y=y, hue=hue, hue_order=hues, order=order, palette=palette(hues), ax=ax)
+        sns.stripplot(**kw, dodge=True, alpha=0.45, legend=False)
+        sns.pointplot(**kw, dodge=0.4 if len(hues) > 1 else False, errorbar=("ci", 95), linestyle="none",
+                      capsize=0.1, marker="D")
+        ax.set_xlabel(_label(x))
+        ax.set_ylabel(_label(y))
+        ax.set_title(str(panel) if panel is not None else "")
+        if logy:
+            ax.set_yscale("log")
+    _legend(fig, axes[0][0])
+    for ax in axes[0][1:]:
+        if ax.get_legend():
+            ax.get_legend().remove()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return fig

@@ -1,0 +1,73 @@
+"""The two networks of the study, built around one normalization slot per hidden block.
+
+mlp: 784 -> hidden widths -> 10, each hidden block Linear -> norm -> activation
+     (Ioffe & Szegedy 2015, sec. 4.1 use three sigmoid layers of 100 on MNIST).
+cnn: two blocks conv3x3 -> maxpool2 -> norm -> activation, then FC -> norm -> activation -> FC
+     (pooling before the norm: the norm and activation see 4x fewer values, so they cost 4x less).
+With norm_position="after" the norm follows the activation instead. With norm="weight"
+the block's Linear/Conv is reparameterized (Salimans & Kingma 2016) and the norm slot is empty.
+Modules are named (fc1, norm1, act1, ..., out) so studies can hook e.g. the input of act3.
+"""
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from normlib.norms import IMPLS, NORM_KINDS, make_norm, weight_norm
+
+ARCHS = ("mlp", "cnn")
+ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+POSITIONS = ("before", "after")
+
+
+def _block(i, kind, layer, shape, norm, impl, activation, norm_position, init_scale):
+    """Named (layer, norm, activation) modules of hidden block i; kind is "fc" or "conv"."""
+    if init_scale is not None:
+        _init(layer, init_scale)
+    if norm == "weight":  # reparameterize after init, so w = g v/||v|| starts equal to the drawn weight
+        layer = weight_norm(layer, impl=impl)
+    parts = [(f"norm{i}", make_norm(norm, shape, impl=impl)), (f"act{i}", ACTIVATIONS[activation]())]
+    return [(f"{kind}{i}", layer)] + (parts if norm_position == "before" else parts[::-1])
+
+
+def build_model(arch="mlp", norm="none", *, impl="custom", activation="relu", norm_position="before",
+                hidden=(256, 256, 256), channels=(16, 32), init_scale=None):
+    """A network with the given normalization in every hidden block.
+    init_scale: None keeps PyTorch's default init; a float draws every weight from N(0, init_scale^2)
+    with zero biases (the cs231n weight-scale experiment)."""
+    for name, value, options in [("arch", arch, ARCHS), ("norm", norm, NORM_KINDS), ("impl", impl, IMPLS),
+                                 ("activation", activation, ACTIVATIONS), ("norm_position", norm_position, POSITIONS)]:
+        if value not in options:
+            raise ValueError(f"{name} = {value!r}: allowed {', '.join(options)}")
+    for name, widths, count in [("hidden", hidden, None), ("channels", channels, 2)]:  # count None: any > 0
+        if not (isinstance(widths, (tuple, list)) and len(widths) == (count or len(widths)) > 0
+                and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
+            raise ValueError(f"{name} = {widths!r}: must be {count or 'one or more'} positive ints")
+    if init_scale is not None and not (isinstance(init_scale, (int, float)) and 0 < init_scale < float("inf")):
+        raise ValueError(f"init_scale = {init_scale!r}: must be None or a positive finite number")
+
+    def block(i, kind, layer, shape):
+        return _block(i, kind, layer, shape, norm, impl, activation, norm_position, init_scale)
+
+    layers = [("flatten", nn.Flatten())] if arch == "mlp" else []
+    if arch == "mlp":
+        widths = (784, *hidden)
+        for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+            layers += block(i, "fc", nn.Linear(d_in, d_out), (d_out,))
+        layers.append(("out", nn.Linear(widths[-1], 10)))
+    else:
+        c1, c2 = channels
+        for i, (c_in, c_out, side) in enumerate([(1, c1, 14), (c1, c2, 7)], start=1):
+            conv, *rest = block(i, "conv", nn.Conv2d(c_in, c_out, 3, padding=1), (c_out, side, side))
+            layers += [conv, (f"pool{i}", nn.MaxPool2d(2))] + rest  # pool first: 4x cheaper norm
+        layers += [("flatten", nn.Flatten())] + block(3, "fc", nn.Linear(c2 * 49, hidden[-1]), (hidden[-1],))
+        layers.append(("out", nn.Linear(hidden[-1], 10)))
+    if init_scale is not None:
+        _init(layers[-1][1], init_scale)
+    return nn.Sequential(OrderedDict(layers))
+
+
+@torch.no_grad()
+def _init(layer, scale):
+    layer.weight.normal_(0.0, scale)
+    layer.bias.zero_()

@@ -1,0 +1,258 @@
+"""The trainer: one config in, one History out (nanoGPT-style frozen dataclass config).
+
+Mini-batch SGD with momentum, or Adam, over in-memory tensors batched by indexing, the learning
+rate decayed to 0 by a cosine over the run (default; "constant" keeps it fixed). Every
+step records the training loss and the global gradient norm; every 1/evals_per_epoch of an
+epoch the validation set is evaluated (BN then uses its running statistics); the test set
+is evaluated once at the end. A non-finite loss stops the run and marks it diverged.
+On CPU the same config gives an identical History (seeded init, shuffling and data split).
+"""
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from normlib.data import N_TRAIN, load_fashion_mnist
+from normlib.models import ACTIVATIONS, ARCHS, POSITIONS, build_model
+from normlib.norms import IMPLS, NORM_KINDS, data_dependent_init
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "mlp"                 # mlp | cnn
+    norm: str = "none"                # none | batch | layer | weight | group
+    impl: str = "custom"              # custom (normlib.norms) | torch (built-in layers)
+    activation: str = "relu"          # relu | sigmoid | tanh
+    norm_position: str = "before"     # norm before or after the activation
+    hidden: tuple = (256, 256, 256)   # MLP hidden widths; the CNN's FC layer uses hidden[-1]
+    channels: tuple = (16, 32)        # CNN conv channels
+    init_scale: float | None = None   # None: PyTorch default init; else weights ~ N(0, init_scale^2)
+    data_init: bool = False           # weight norm (custom): Salimans & Kingma's data-dependent init
+    optimizer: str = "sgd"            # sgd (with momentum) | adam
+    lr: float = 0.05                  # peak learning rate
+    schedule: str = "cosine"          # constant | cosine (decays to 0 over the run, per step); with a
+                                      # constant lr the last iterate's test accuracy jitters by ~1 point
+    momentum: float = 0.9             # SGD only
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    epochs: int = 1
+    max_steps: int = 0                # stop after this many steps (0: no limit)
+    seed: int = 0                     # model init and shuffling
+    split_seed: int = 0               # train/validation split
+    train_size: int = 0               # training examples (0: all 55,000)
+    val_size: int = 5000
+    evals_per_epoch: int = 1          # validation evaluations per epoch
+    device: str = "auto"              # auto (CUDA when available) | cpu | cuda
+
+    def __post_init__(self):
+        def allowed(name, options):
+            value = getattr(self, name)
+            if value not in options:
+                raise ValueError(f"TrainConfig.{name} = {value!r}: allowed {', '.join(map(str, options))}")
+
+        def positive(name, minimum=1, kind=int):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or isinstance(value, bool) or not value >= minimum \
+                    or (kind is float and not math.isfinite(value)):
+                raise ValueError(f"TrainConfig.{name} = {value!r}: must be a {kind.__name__} >= {minimum}")
+
+        allowed("arch", ARCHS), allowed("norm", NORM_KINDS), allowed("impl", IMPLS)
+        allowed("activation", tuple(ACTIVATIONS)), allowed("norm_position", POSITIONS)
+        allowed("optimizer", OPTIMIZERS), allowed("device", DEVICES), allowed("schedule", SCHEDULES)
+        for name in ("batch_size", "epochs", "val_size", "evals_per_epoch"):
+            positive(name)
+        for name in ("seed", "split_seed", "train_size", "max_steps"):
+            positive(name, minimum=0)
+        for name in ("hidden", "channels"):
+            value = getattr(self, name)
+            if not (isinstance(value, tuple) and value
+                    and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in value)):
+                raise ValueError(f"TrainConfig.{name} = {value!r}: must be a non-empty tuple of positive ints")
+        object.__setattr__(self, "lr", float(self.lr) if isinstance(self.lr, int) else self.lr)
+        positive("lr", minimum=1e-12, kind=float)
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise ValueError(f"TrainConfig.momentum = {self.momentum!r}: must be in [0, 1)")
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf):
+            raise ValueError(f"TrainConfig.weight_decay = {self.weight_decay!r}: must be a number >= 0")
+        if self.init_scale is not None and not (isinstance(self.init_scale, (int, float))
+                                                and 0 < self.init_scale < math.inf):
+            raise ValueError(f"TrainConfig.init_scale = {self.init_scale!r}: must be None or a positive number")
+        if not isinstance(self.data_init, bool):
+            raise ValueError(f"TrainConfig.data_init = {self.data_init!r}: must be True or False")
+        if self.data_init and (self.norm, self.impl) != ("weight", "custom"):
+            raise ValueError(f"TrainConfig.data_init = True: needs norm='weight' and impl='custom' "
+                             f"(got norm={self.norm!r}, impl={self.impl!r})")
+        if self.val_size >= N_TRAIN:
+            raise ValueError(f"TrainConfig.val_size = {self.val_size}: must be below {N_TRAIN}")
+        if self.train_size > N_TRAIN - self.val_size:
+            raise ValueError(f"TrainConfig.train_size = {self.train_size}: must be at most "
+                             f"{N_TRAIN - self.val_size} (the training images left after val_size)")
+        if (self.train_size or N_TRAIN - self.val_size) < self.batch_size:
+            raise ValueError(f"TrainConfig.batch_size = {self.batch_size}: must not exceed the training set "
+                             f"({self.train_size or N_TRAIN - self.val_size} examples)")
+
+    @classmethod
+    def from_dict(cls, d):
+        """Rebuild from to_dict(); lists become tuples again. Unknown keys raise TypeError naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise TypeError(f"TrainConfig: unknown field(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def to_dict(self):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class History:
+    config: dict
+    step_loss: list = field(default_factory=list)       # training loss of every step
+    step_grad_norm: list = field(default_factory=list)  # global L2 norm of the gradient at every step
+    eval_step: list = field(default_factory=list)       # step count at each evaluation
+    eval_epoch: list = field(default_factory=list)      # epochs done at each evaluation
+    train_loss: list = field(default_factory=list)      # mean step loss since the previous evaluation
+    train_acc: list = field(default_factory=list)       # training accuracy (train mode) since then
+    val_loss: list = field(default_factory=list)
+    val_acc: list = field(default_factory=list)
+    test_loss: float = float("nan")
+    test_acc: float = float("nan")
+    steps_per_epoch: int = 0
+    wall_time: float = 0.0
+    diverged: bool = False
+    diverged_step: int | None = None
+    device: str = "cpu"
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**d)
+
+
+def set_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device):
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size=1000):
+    """Mean cross-entropy and accuracy over (x, y), model in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size])
+        loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
+    model.train(was_training)
+    return loss / len(x), correct / len(x)
+
+
+def make_optimizer(config, params):
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def train(config, data=None, *, hooks=(), progress=False):
+    """Train one model from scratch and return its History.
+    data: Splits (default: load_fashion_mnist with the config's split); hooks: callables
+    hook(step, model) run after every optimizer step (studies use them to probe the model)."""
+    if isinstance(config, dict):
+        config = TrainConfig.from_dict(config)
+    t0 = time.perf_counter()
+    device = resolve_device(config.device)
+    data = data or load_fashion_mnist(val_size=config.val_size, split_seed=config.split_seed,
+                                      train_size=config.train_size)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_val, y_val = data.x_val.to(device), data.y_val.to(device)
+    set_seed(config.seed)
+    model = build_model(config.arch, config.norm, impl=config.impl, activation=config.activation,
+                        norm_position=config.norm_position, hidden=config.hidden, channels=config.channels,
+                        init_scale=config.init_scale).to(device)
+    if config.data_init:  # one batch of 512 training images sets g and b (Salimans & Kingma 2016, sec. 3)
+        with torch.no_grad():
+            data_dependent_init(model, x_train[:512])
+    opt = make_optimizer(config, model.parameters())
+    params = [p for p in model.parameters()]
+    gen = torch.Generator().manual_seed(config.seed)
+    n, bs = len(x_train), config.batch_size
+    steps_per_epoch = n // bs  # the last partial batch is dropped (a batch of 1 breaks batch norm)
+    total = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    eval_at = {round(steps_per_epoch * k / config.evals_per_epoch)
+               for k in range(1, config.evals_per_epoch * config.epochs + 1)} | {total}
+    hist = History(config=config.to_dict(), steps_per_epoch=steps_per_epoch, device=device)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc=f"{config.arch}/{config.norm} seed {config.seed}", leave=False)
+    run_loss, run_correct, run_count, run_steps, step = 0.0, 0, 0, 0, 0
+    model.train()
+    while step < total:
+        perm = torch.randperm(n, generator=gen).to(device)
+        for i in range(steps_per_epoch):
+            idx = perm[i * bs:(i + 1) * bs]
+            xb, yb = x_train[idx], y_train[idx]
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.linalg.vector_norm(
+                torch.stack(torch._foreach_norm([p.grad for p in params if p.grad is not None])))
+            loss_v, gnorm_v = torch.stack([loss.detach(), grad_norm]).tolist()
+            step += 1
+            hist.step_loss.append(loss_v)
+            hist.step_grad_norm.append(gnorm_v)
+            if not (math.isfinite(loss_v) and math.isfinite(gnorm_v)):
+                hist.diverged, hist.diverged_step = True, step
+                break
+            if config.schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
+            opt.step()
+            for hook in hooks:
+                hook(step, model)
+            run_loss += loss_v
+            run_correct += (logits.argmax(1) == yb).sum().item()
+            run_count += len(yb)
+            run_steps += 1
+            if bar is not None:
+                bar.update()
+            if step in eval_at:
+                val_loss, val_acc = evaluate(model, x_val, y_val)
+                hist.eval_step.append(step)
+                hist.eval_epoch.append(step / steps_per_epoch)
+                hist.train_loss.append(run_loss / run_steps)
+                hist.train_acc.append(run_correct / run_count)
+                hist.val_loss.append(val_loss)
+                hist.val_acc.append(val_acc)
+                run_loss, run_correct, run_count, run_steps = 0.0, 0, 0, 0
+            if step >= total:
+                break
+        if hist.diverged:
+            break
+    if bar is not None:
+        bar.close()
+    if not hist.diverged:
+        hist.test_loss, hist.test_acc = evaluate(model, data.x_test.to(device), data.y_test.to(device))
+    hist.wall_time = time.perf_counter() - t0
+    return hist
