@@ -1,0 +1,198 @@
+"""Validation of notebook and pipeline parameters.
+
+Every notebook validates its papermill parameters in the cell after the parameters
+cell, and the pipeline validates a whole profile before running anything:
+
+    params = normlib.params.validate(dict(epochs=epochs, norms=norms, seeds=seeds))
+
+A bad value stops with one line that names the parameter, the value and what is allowed:
+
+    parameter 'batch_size' = 0: must be a positive integer
+"""
+import difflib
+import math
+import os
+import tempfile
+from pathlib import Path
+
+ARCHS = ("mlp", "cnn")
+NORM_KINDS = ("none", "batch", "layer", "weight", "group")  # = normlib.norms.NORM_KINDS
+OPTIMIZERS = ("sgd", "adam")
+IMPLS = ("custom", "torch")
+ACTIVATIONS = ("relu", "sigmoid", "tanh")
+NORM_POSITIONS = ("before", "after")  # normalization before or after the activation
+FASHION_TRAIN = 60_000  # Fashion-MNIST training images (train + validation split)
+
+
+class ParameterError(ValueError):
+    """A parameter value that is not allowed; the message is one line."""
+
+
+# ----------------------------------------------------------------------------
+# checkers: value -> normalized value, or raise ValueError("<what is allowed>")
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def positive_int(v):
+    if not (_is_int(v) and v > 0):
+        raise ValueError("must be a positive integer")
+    return v
+
+
+def nonneg_int(v):
+    if not (_is_int(v) and v >= 0):
+        raise ValueError("must be a non-negative integer")
+    return v
+
+
+def positive_float(v):
+    if not (_is_number(v) and v > 0):
+        raise ValueError("must be a positive number")
+    return float(v)
+
+
+def boolean(v):
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def choice(allowed, what):
+    def check(v):
+        if v not in allowed:
+            raise ValueError(f"unknown {what} {v!r} (allowed: {', '.join(allowed)})")
+        return v
+    return check
+
+
+def subset(allowed, what):
+    """A non-empty list of distinct values from `allowed`; order kept."""
+    def check(v):
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ValueError(f"must be a non-empty list of {what}s (allowed: {', '.join(allowed)})")
+        for x in v:
+            if x not in allowed:
+                raise ValueError(f"unknown {what} {x!r} (allowed: {', '.join(allowed)})")
+        if len(set(v)) != len(v):
+            raise ValueError(f"must list each {what} once (allowed: {', '.join(allowed)})")
+        return list(v)
+    return check
+
+
+def list_of(item, what):
+    """A non-empty list of distinct values, each passing `item`."""
+    def check(v):
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ValueError(f"must be a non-empty list of distinct {what}")
+        try:
+            out = [item(x) for x in v]
+        except ValueError:
+            raise ValueError(f"must be a non-empty list of distinct {what}") from None
+        if len(set(out)) != len(out):
+            raise ValueError(f"must be a non-empty list of distinct {what}")
+        return out
+    return check
+
+
+def val_size(v):
+    if not (_is_int(v) and 0 < v < FASHION_TRAIN):
+        raise ValueError(f"must be an integer between 1 and {FASHION_TRAIN - 1}")
+    return v
+
+
+def train_size(v):
+    if not (_is_int(v) and v >= 0):
+        raise ValueError("must be a non-negative integer (0 = all images not held out for validation)")
+    return v
+
+
+def momentum(v):
+    if not (_is_number(v) and 0 <= v < 1):
+        raise ValueError("must be a number in [0, 1)")
+    return float(v)
+
+
+RULES = {
+    "archs": subset(ARCHS, "arch"),
+    "arch": choice(ARCHS, "arch"),
+    "norms": subset(NORM_KINDS, "norm"),
+    "norm": choice(NORM_KINDS, "norm"),
+    "seeds": list_of(nonneg_int, "non-negative integers"),
+    "split_seed": nonneg_int,
+    "train_size": train_size,
+    "val_size": val_size,
+    "epochs": positive_int,
+    "mlp_epochs": positive_int,
+    "cnn_epochs": positive_int,
+    "evals_per_epoch": positive_int,
+    "batch_size": positive_int,
+    "batch_sizes": list_of(positive_int, "positive integers"),
+    "lr": positive_float,
+    "lrs": list_of(positive_float, "positive numbers"),
+    "momentum": momentum,
+    "optimizer": choice(OPTIMIZERS, "optimizer"),
+    "impl": choice(IMPLS, "impl"),
+    "activation": choice(ACTIVATIONS, "activation"),
+    "activations": subset(ACTIVATIONS, "activation"),
+    "norm_position": choice(NORM_POSITIONS, "norm_position"),
+    "init_scales": list_of(positive_float, "positive numbers"),
+    "workers": nonneg_int,  # 0 = one per core
+    "force": boolean,
+}
+
+
+def _one_line(v):
+    s = repr(v)
+    return s if len(s) <= 80 else s[:77] + "..."
+
+
+def unknown_name(name, known, what="parameter"):
+    """The one-line error for a name that is not known, with close matches."""
+    close = difflib.get_close_matches(name, sorted(known), n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ParameterError(f"unknown {what} {name!r} (known: {', '.join(sorted(known))}){hint}")
+
+
+def validate(params: dict, *, known: set | None = None) -> dict:
+    """Check `params` against RULES; return a new, normalized dict.
+
+    Names without a rule pass unchanged; with `known`, any other name is an error.
+    Raises ParameterError with one line naming the parameter, value and what is allowed.
+    """
+    out = {}
+    for name, value in params.items():
+        if known is not None and name not in known:
+            raise unknown_name(name, known)
+        rule = RULES.get(name)
+        if rule is None:
+            out[name] = value
+            continue
+        try:
+            out[name] = rule(value)
+        except ValueError as e:
+            raise ParameterError(f"parameter {name!r} = {_one_line(value)}: {e}") from None
+    if out.get("train_size", 0) + out.get("val_size", 0) > FASHION_TRAIN:
+        raise ParameterError(
+            f"parameter 'train_size' = {out['train_size']}: train_size + val_size "
+            f"({out.get('val_size', 0)}) must be at most {FASHION_TRAIN}")
+    return out
+
+
+def check_writable(path, name: str) -> Path:
+    """Create directory `path` if needed and check a file can be written in it."""
+    path = Path(path)
+    label = f"parameter {name!r} = {str(path)!r}" if name.isidentifier() else f"{name} {str(path)!r}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ParameterError(f"{label}: cannot create or write this directory ({e.strerror or e})") from None
+    return path

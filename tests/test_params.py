@@ -1,0 +1,118 @@
+"""normlib.params: every rule rejects bad values with one line naming parameter, value and what is allowed."""
+import pytest
+
+from normlib import params as P
+
+BAD = [
+    ("batch_size", 0, "parameter 'batch_size' = 0: must be a positive integer"),
+    ("batch_size", 2.5, "parameter 'batch_size' = 2.5: must be a positive integer"),
+    ("epochs", True, "parameter 'epochs' = True: must be a positive integer"),
+    ("mlp_epochs", "3", "parameter 'mlp_epochs' = '3': must be a positive integer"),
+    ("cnn_epochs", -1, "parameter 'cnn_epochs' = -1: must be a positive integer"),
+    ("norms", ["bach"], "parameter 'norms' = ['bach']: unknown norm 'bach' (allowed: none, batch, layer, weight, group)"),
+    ("norms", [], "parameter 'norms' = []: must be a non-empty list of norms (allowed: none, batch, layer, weight, group)"),
+    ("norms", "batch", "parameter 'norms' = 'batch': must be a non-empty list of norms (allowed: none, batch, layer, weight, group)"),
+    ("norms", ["batch", "batch"], "parameter 'norms' = ['batch', 'batch']: must list each norm once (allowed: none, batch, layer, weight, group)"),
+    ("archs", ["mlp", "rnn"], "parameter 'archs' = ['mlp', 'rnn']: unknown arch 'rnn' (allowed: mlp, cnn)"),
+    ("arch", "resnet", "parameter 'arch' = 'resnet': unknown arch 'resnet' (allowed: mlp, cnn)"),
+    ("norm", "instance", "parameter 'norm' = 'instance': unknown norm 'instance' (allowed: none, batch, layer, weight, group)"),
+    ("seeds", [], "parameter 'seeds' = []: must be a non-empty list of distinct non-negative integers"),
+    ("seeds", [0, 0], "parameter 'seeds' = [0, 0]: must be a non-empty list of distinct non-negative integers"),
+    ("seeds", [0, -1], "parameter 'seeds' = [0, -1]: must be a non-empty list of distinct non-negative integers"),
+    ("seeds", 3, "parameter 'seeds' = 3: must be a non-empty list of distinct non-negative integers"),
+    ("train_size", -5, "parameter 'train_size' = -5: must be a non-negative integer (0 = all images not held out for validation)"),
+    ("val_size", 0, "parameter 'val_size' = 0: must be an integer between 1 and 59999"),
+    ("val_size", 60000, "parameter 'val_size' = 60000: must be an integer between 1 and 59999"),
+    ("lr", 0, "parameter 'lr' = 0: must be a positive number"),
+    ("lr", float("nan"), "parameter 'lr' = nan: must be a positive number"),
+    ("lr", "1e-3", "parameter 'lr' = '1e-3': must be a positive number"),
+    ("lrs", [0.1, -0.1], "parameter 'lrs' = [0.1, -0.1]: must be a non-empty list of distinct positive numbers"),
+    ("lrs", [0.1, 0.1], "parameter 'lrs' = [0.1, 0.1]: must be a non-empty list of distinct positive numbers"),
+    ("batch_sizes", [64, 0], "parameter 'batch_sizes' = [64, 0]: must be a non-empty list of distinct positive integers"),
+    ("init_scales", [], "parameter 'init_scales' = []: must be a non-empty list of distinct positive numbers"),
+    ("optimizer", "rmsprop", "parameter 'optimizer' = 'rmsprop': unknown optimizer 'rmsprop' (allowed: sgd, adam)"),
+    ("impl", "cuda", "parameter 'impl' = 'cuda': unknown impl 'cuda' (allowed: custom, torch)"),
+    ("activation", "gelu", "parameter 'activation' = 'gelu': unknown activation 'gelu' (allowed: relu, sigmoid, tanh)"),
+    ("activations", ["relu", "elu"], "parameter 'activations' = ['relu', 'elu']: unknown activation 'elu' (allowed: relu, sigmoid, tanh)"),
+    ("norm_position", "middle", "parameter 'norm_position' = 'middle': unknown norm_position 'middle' (allowed: before, after)"),
+    ("momentum", 1.0, "parameter 'momentum' = 1.0: must be a number in [0, 1)"),
+    ("workers", -1, "parameter 'workers' = -1: must be a non-negative integer"),
+    ("force", "yes", "parameter 'force' = 'yes': must be true or false"),
+    ("force", 1, "parameter 'force' = 1: must be true or false"),
+    ("split_seed", 1.5, "parameter 'split_seed' = 1.5: must be a non-negative integer"),
+    ("evals_per_epoch", 0, "parameter 'evals_per_epoch' = 0: must be a positive integer"),
+]
+
+
+@pytest.mark.parametrize("name, value, message", BAD, ids=[f"{n}={v!r}" for n, v, _ in BAD])
+def test_rule_rejects_bad_value_with_one_line(name, value, message):
+    with pytest.raises(P.ParameterError) as e:
+        P.validate({name: value})
+    assert str(e.value) == message
+    assert "\n" not in str(e.value)
+
+
+def test_every_rule_is_exercised():
+    assert {n for n, _, _ in BAD} == set(P.RULES)
+
+
+GOOD = [
+    ("batch_size", 128, 128),
+    ("epochs", 1, 1),
+    ("norms", ("none", "batch", "layer"), ["none", "batch", "layer"]),  # tuples -> lists, order kept
+    ("archs", ["cnn"], ["cnn"]),
+    ("seeds", (0, 1, 2), [0, 1, 2]),
+    ("train_size", 0, 0),
+    ("val_size", 5000, 5000),
+    ("lr", 1, 1.0),  # ints accepted for floats
+    ("lrs", [1, 0.1], [1.0, 0.1]),
+    ("init_scales", (0.001,), [0.001]),
+    ("batch_sizes", [2, 512], [2, 512]),
+    ("optimizer", "adam", "adam"),
+    ("impl", "torch", "torch"),
+    ("activation", "tanh", "tanh"),
+    ("momentum", 0, 0.0),
+    ("workers", 0, 0),
+    ("force", False, False),
+]
+
+
+@pytest.mark.parametrize("name, value, expected", GOOD, ids=[f"{n}={v!r}" for n, v, _ in GOOD])
+def test_rule_accepts_and_normalizes(name, value, expected):
+    out = P.validate({name: value})
+    assert out == {name: expected}
+    assert type(out[name]) is type(expected)
+
+
+def test_validate_returns_new_dict_and_keeps_unruled_names():
+    given = {"epochs": 2, "hidden_width": 64}
+    out = P.validate(given, known={"epochs", "hidden_width"})
+    assert out == given and out is not given
+
+
+def test_unknown_name_lists_known_and_close_matches():
+    with pytest.raises(P.ParameterError) as e:
+        P.validate({"epoch": 1}, known={"epochs", "seeds"})
+    assert str(e.value) == "unknown parameter 'epoch' (known: epochs, seeds); did you mean 'epochs'?"
+
+
+def test_train_plus_val_must_fit_in_fashion_mnist():
+    with pytest.raises(P.ParameterError, match=r"parameter 'train_size' = 58000: train_size \+ val_size \(5000\) must be at most 60000"):
+        P.validate({"train_size": 58000, "val_size": 5000})
+    assert P.validate({"train_size": 55000, "val_size": 5000})["train_size"] == 55000
+
+
+def test_check_writable(tmp_path):
+    assert P.check_writable(tmp_path / "a" / "b", "data_root") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir() and list((tmp_path / "a" / "b").iterdir()) == []
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(P.ParameterError, match=r"^parameter 'data_root' = '.*/file/sub': cannot create or write this directory \(.+\)$"):
+        P.check_writable(blocker / "sub", "data_root")
+    with pytest.raises(P.ParameterError, match=r"^results directory '.*/file': cannot create or write"):
+        P.check_writable(blocker, "results directory")
+
+
+def test_norm_kinds_match_norms_module():
+    norms = pytest.importorskip("normlib.norms")
+    assert tuple(norms.NORM_KINDS) == P.NORM_KINDS

@@ -1,0 +1,235 @@
+"""normlib.pipeline on a fake two-notebook book: validation, failures, glue checks, the real build."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from normlib import pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_pipeline(root, *args, profile=None):
+    """Run the CLI in a subprocess; returns the CompletedProcess."""
+    if profile is None:
+        profile = root.parent / "test-profile.yaml"
+        profile.write_text("description: test run\nparams:\n  epochs: 2\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("NORMLIB_RESULTS", "NORMLIB_WORKERS")}
+    env["PYTHONPATH"] = str(REPO)
+    cmd = [sys.executable, "-m", "normlib.pipeline", "--root", str(root), "--profile", str(profile), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
+
+
+def written(root):
+    """Everything the pipeline may write."""
+    return [p for p in ("results", "_build", ".build-tmp", "book/notebooks") if (root / p).exists()]
+
+
+# ----------------------------------------------------------------------------
+# bad requests: exit 2, one line, nothing written
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "epoch=3"], "--set: unknown parameter 'epoch' (known: epochs, fail, seeds); did you mean 'epochs'?"),
+    (["--set", "epochs=0"], "--set: parameter 'epochs' = 0: must be a positive integer"),
+    (["--set", "seeds=[0, 0]"], "parameter 'seeds' = [0, 0]: must be a non-empty list of distinct non-negative integers"),
+    (["--set", "beta.seeds=[1]"], "--set, notebook beta: unknown parameter 'seeds' (known: epochs, fail)"),
+    (["--set", "gamma.epochs=1"], "--set: unknown notebook 'gamma' (known: alpha, beta)"),
+    (["--set", "epochs"], "expected name=value"),
+    (["--only", "alpah"], "--only: unknown notebook 'alpah' (known: alpha, beta); did you mean 'alpha'?"),
+    (["--only", "alpha"], "not executed yet: beta"),
+])
+def test_bad_cli_request_exits_2_and_writes_nothing(book, args, message):
+    proc = run_pipeline(book, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and message in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert written(book) == []
+
+
+@pytest.mark.parametrize("text, message", [
+    ("params:\n  epoch: 2\n", "profile bad: unknown parameter 'epoch'"),
+    ("params:\n  epochs: -1\n", "profile bad: parameter 'epochs' = -1: must be a positive integer"),
+    ("notebooks:\n  beta:\n    seeds: [0]\n", "profile bad, notebook beta: unknown parameter 'seeds'"),
+    ("params: {epochs: [1\n", "is not valid YAML at line 2"),
+    ("parms:\n  epochs: 2\n", "unknown key 'parms' (allowed: description, params, notebooks)"),
+    ("- epochs\n", "must be a mapping"),
+])
+def test_bad_profile_exits_2_and_writes_nothing(book, text, message):
+    profile = book.parent / "bad.yaml"
+    profile.write_text(text)
+    proc = run_pipeline(book, profile=profile)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and message in proc.stderr
+    assert written(book) == []
+
+
+def test_missing_profile_exits_2(book):
+    proc = run_pipeline(book, profile="no_such_profile")
+    assert proc.returncode == 2
+    assert "profile 'no_such_profile' not found" in proc.stderr and "available profiles: default, full, quick" in proc.stderr
+    proc = run_pipeline(book, profile=book / "missing.yaml")
+    assert proc.returncode == 2 and "missing.yaml" in proc.stderr
+    assert written(book) == []
+
+
+def test_unwritable_results_dir_exits_2(book):
+    (book / "results").write_text("a file where the results directory should be")
+    proc = run_pipeline(book)
+    assert proc.returncode == 2
+    assert "results directory" in proc.stderr and "cannot create or write" in proc.stderr
+
+
+def test_parameter_line_papermill_cannot_read_is_an_error(book):
+    nb = nbformat.read(book / "notebooks" / "alpha.ipynb", as_version=4)
+    nb.cells[1].source += "\ntrain_size: int = 2000  # 0 = all images"
+    nbformat.write(nb, book / "notebooks" / "alpha.ipynb")
+    proc = run_pipeline(book)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {book}/notebooks/alpha.ipynb: papermill cannot read parameter line "
+        "'train_size: int = 2000  # 0 = all images' (one '=' per line: reword the comment)"]
+
+
+# ----------------------------------------------------------------------------
+# the plan: who gets which parameter
+
+
+def test_plan_precedence_and_scoping():
+    declared = {"a": {"epochs": "1", "seeds": "[0]"}, "b": {"epochs": "1", "force": "False"}}
+    profile = {"params": {"seeds": [1, 2], "epochs": 3}, "notebooks": {"b": {"epochs": 4}}}
+    sets = pipeline.parse_sets(["epochs=5", "a.epochs=6"])
+    out = pipeline.plan("p", profile, sets, declared, ["a", "b"], force=True)
+    assert out == {"a": {"seeds": [1, 2], "epochs": 6}, "b": {"epochs": 5, "force": True}}
+
+
+def test_set_values_are_yaml_with_numeric_exponents():
+    glob, per_nb = pipeline.parse_sets(["lr=1e-3", "seeds=[0, 1]", "nb.force=true", "name=sgd"])
+    assert glob == {"lr": 0.001, "seeds": [0, 1], "name": "sgd"} and per_nb == {"nb": {"force": True}}
+
+
+def test_toc_order_of_the_real_book():
+    names = pipeline.toc_notebooks(REPO)
+    assert names[:3] == ["procedure", "implementation_check", "step1_bn_training"]
+    assert names[-1] == "study_claims" and len(names) == 13
+
+
+@pytest.mark.parametrize("profile", ["quick", "default", "full"])
+def test_shipped_profiles_are_valid(profile):
+    name, path, data = pipeline.load_profile(profile)
+    assert data["description"]
+    names = set(data["params"]) | {k for v in data["notebooks"].values() for k in v}
+    pipeline.P.validate(data["params"])
+    for values in data["notebooks"].values():
+        pipeline.P.validate({**data["params"], **values})
+    assert names <= set(pipeline.P.RULES)
+
+
+# ----------------------------------------------------------------------------
+# glue references
+
+
+def _executed(path, keys):
+    outputs = [new_output("display_data", data={"application/papermill.record/text/plain": "1.0"},
+                          metadata={"scrapbook": {"name": k, "mime_prefix": "application/papermill.record/"}})
+               for k in keys]
+    nb = new_notebook(cells=[new_code_cell("glue(...)", outputs=outputs),
+                             new_markdown_cell("local {glue:text}`here:.1f` and {glue}`gone`")])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+def test_find_missing_glue_keys(book):
+    _executed(book / "book" / "notebooks" / "alpha.ipynb", ["answer", "here"])
+    _executed(book / "book" / "notebooks" / "beta.ipynb", ["gone", "here"])
+    (book / "book" / "intro.md").write_text(
+        "{glue:text}`notebooks/alpha.ipynb::answer:.2f` {glue:text}`notebooks/alpha.ipynb::nope:.2f`\n"
+        "{glue:text}`notebooks/beta.ipynb::here`\n"  # no format spec: myst-nb misparses it
+        "``{glue:text}`literal::example:.1f` `` is prose\n\n"
+        "```md\n{glue}`in_a_code_block`\n```\n\n"
+        ":::{note}\n{glue:text}`notebooks/beta.ipynb::gone:.1f` inside a note\n:::\n\n"
+        "```{glue:figure} fig_key\n:doc: notebooks/beta.ipynb\n:name: fig-x\n```\n")
+    missing = pipeline.find_missing_glue_keys(book)
+    assert missing == [
+        "book/intro.md: glue key 'nope' is not defined in book/notebooks/alpha.ipynb",
+        "book/intro.md: glue key 'notebooks/beta.ipynb:': this page is not a notebook "
+        "(a cross-page {glue:text} needs a format spec, e.g. `nb.ipynb::key:.3f`)",
+        "book/intro.md: glue key 'fig_key' is not defined in book/notebooks/beta.ipynb",
+        "book/notebooks/alpha.ipynb: glue key 'gone' is not defined in book/notebooks/alpha.ipynb",
+    ]
+
+
+# ----------------------------------------------------------------------------
+# real runs: papermill kernels and jupyter-book build -W
+
+
+@pytest.mark.slow
+def test_success_builds_the_book_with_glued_values(book):
+    proc = run_pipeline(book, "--set", "alpha.seeds=[3, 4]")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[1/2] alpha ... done in" in proc.stdout and "[2/2] beta ... done in" in proc.stdout
+    assert "_build/html/index.html" in proc.stdout
+    html = book / "_build" / "html"
+    assert (html / "index.html").exists()
+    assert '<span class="pasted-text">43.00</span>' in (html / "book" / "intro.html").read_text()  # cross-page
+    assert '<span class="pasted-text">43.0</span>' in (html / "book" / "notebooks" / "alpha.html").read_text()
+    assert "Ioffe" in (html / "book" / "bibliography.html").read_text()
+    nb = nbformat.read(book / "book" / "notebooks" / "alpha.ipynb", as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "remove-cell" in injected[0].metadata.tags
+    assert "seeds = [3, 4]" in injected[0].source
+    manifest = json.loads((book / "results" / "run_manifest.json").read_text())
+    assert manifest["profile"] == "test-profile" and manifest["description"] == "test run"
+    assert manifest["notebooks"]["alpha"]["injected"] == {"epochs": 2, "seeds": [3, 4]}
+    assert manifest["overrides"] == ["alpha.seeds=[3, 4]"]
+    assert not (book / ".build-tmp").exists() and not list((book / "book" / "notebooks").glob(".*"))
+
+
+@pytest.mark.slow
+def test_failing_notebook_stops_before_the_book(book):
+    (book / "_build" / "html").mkdir(parents=True)
+    (book / "_build" / "html" / "index.html").write_text("previous build")
+    proc = run_pipeline(book, "--set", "beta.fail=raise")
+    assert proc.returncode == 1
+    assert ("error: notebook beta failed in cell 3 (In [4]): ZeroDivisionError: boom" in proc.stderr), proc.stderr
+    assert "[2/2] beta ... failed" in proc.stdout and "building" not in proc.stdout
+    assert (book / "book" / "notebooks" / "alpha.ipynb").exists()
+    assert not (book / "book" / "notebooks" / "beta.ipynb").exists()
+    assert (book / "results" / "failed" / "beta.ipynb").exists()
+    assert (book / "_build" / "html" / "index.html").read_text() == "previous build"
+
+
+@pytest.mark.slow
+def test_dead_kernel_is_a_failure(book):
+    proc = run_pipeline(book, "--only", "beta", "--no-book", "--set", "beta.fail=die")
+    assert proc.returncode == 1
+    assert "error: notebook beta failed: DeadKernelError" in proc.stderr, proc.stderr
+    assert not (book / "book" / "notebooks" / "beta.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_broken_book_keeps_previous_build(book):
+    (book / "_build" / "html").mkdir(parents=True)
+    (book / "_build" / "html" / "index.html").write_text("previous build")
+    with open(book / "book" / "intro.md", "a") as f:
+        f.write("\nSee {ref}`no-such-label`.\n")
+    proc = run_pipeline(book)
+    assert proc.returncode == 1
+    assert "undefined label: 'no-such-label'" in proc.stderr and "error: book build failed" in proc.stderr
+    assert (book / "_build" / "html" / "index.html").read_text() == "previous build"
+    assert not (book / ".build-tmp").exists()
+
+
+@pytest.mark.slow
+def test_missing_glue_key_stops_before_the_book(book):
+    with open(book / "book" / "intro.md", "a") as f:
+        f.write("\nMissing: {glue:text}`notebooks/beta.ipynb::nothing:.2f`\n")
+    proc = run_pipeline(book)
+    assert proc.returncode == 1
+    assert "error: book/intro.md: glue key 'nothing' is not defined in book/notebooks/beta.ipynb" in proc.stderr
+    assert not (book / "_build").exists()
