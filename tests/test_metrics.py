@@ -1,0 +1,263 @@
+"""Tests of normlib.metrics on hand-built Histories (nothing is trained): convergence speed,
+stability, final loss/accuracy, mean and 95% CI against scipy's t interval, Welch's test and
+Hedges' g on known data, verdicts (tie when the intervals overlap), ranking, and the censoring
+of runs that never reach the target in criteria_trials."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from normlib import metrics
+from normlib.train import History, TrainConfig
+
+
+def hist(norm="none", seed=0, arch="mlp", *, val_loss=(1.0, 0.6, 0.4, 0.3), val_acc=(0.5, 0.6, 0.75, 0.8),
+         steps_per_epoch=10, epochs=2, step_loss=None, step_grad_norm=None, test_loss=0.35, test_acc=0.78,
+         diverged_step=None):
+    """A History of a run with 4 evaluations at steps 5, 10, 15, 20 (2 epochs of 10 steps), or one that
+    diverged at diverged_step (then the evaluations after it and the test results are missing)."""
+    config = TrainConfig(arch=arch, norm=norm, seed=seed, epochs=epochs, evals_per_epoch=2).to_dict()
+    n = steps_per_epoch * epochs
+    step_loss = list(step_loss if step_loss is not None else np.linspace(2.0, 0.3, n))
+    step_grad_norm = list(step_grad_norm if step_grad_norm is not None else np.linspace(3.0, 1.0, n))
+    evals = [5, 10, 15, 20]
+    if diverged_step is not None:
+        keep = sum(s < diverged_step for s in evals)
+        step_loss = step_loss[:diverged_step - 1] + [math.nan]
+        step_grad_norm = step_grad_norm[:diverged_step - 1] + [math.nan]
+        evals, val_loss, val_acc = evals[:keep], val_loss[:keep], val_acc[:keep]
+        test_loss = test_acc = math.nan
+    return History(config=config, step_loss=step_loss, step_grad_norm=step_grad_norm, eval_step=list(evals),
+                   eval_epoch=[s / steps_per_epoch for s in evals], train_loss=list(val_loss),
+                   train_acc=list(val_acc), val_loss=list(val_loss), val_acc=list(val_acc), test_loss=test_loss,
+                   test_acc=test_acc, steps_per_epoch=steps_per_epoch, wall_time=1.0,
+                   diverged=diverged_step is not None, diverged_step=diverged_step)
+
+
+# ----------------------------------------------------------------------------
+# convergence speed, stability, final values of one run
+
+def test_first_reach():
+    assert metrics.first_reach([1.0, 0.6, 0.4], [5, 10, 15], 0.6) == 10
+    assert metrics.first_reach([1.0, 0.6, 0.4], [5, 10, 15], 0.1) is None
+    assert metrics.first_reach([0.5, 0.7, 0.9], [5, 10, 15], 0.7, higher_is_better=True) == 10
+    assert metrics.first_reach([0.5, 0.7, 0.9], [5, 10, 15], 0.95, higher_is_better=True) is None
+    assert metrics.first_reach([], [], 1.0) is None
+
+
+def test_convergence_speed_in_steps_and_epochs():
+    row = metrics.run_metrics(hist(), target_loss=0.5, target_acc=0.7)
+    assert (row["steps_to_loss"], row["epochs_to_loss"]) == (15, 1.5)
+    assert (row["steps_to_acc"], row["epochs_to_acc"]) == (15, 1.5)
+    row = metrics.run_metrics(hist(), target_loss=1.0, target_acc=0.5)
+    assert (row["steps_to_loss"], row["epochs_to_loss"], row["steps_to_acc"]) == (5, 0.5, 5)
+    never = metrics.run_metrics(hist(), target_loss=0.1, target_acc=0.95)
+    assert never["steps_to_loss"] is None and never["epochs_to_loss"] is None
+    assert never["steps_to_acc"] is None and never["epochs_to_acc"] is None
+    assert "steps_to_loss" not in metrics.run_metrics(hist())  # no target, no convergence columns
+
+
+def test_final_loss_and_accuracy():
+    row = metrics.run_metrics(hist())
+    assert row["final_val_loss"] == 0.3 and row["final_val_acc"] == 0.8 and row["final_train_loss"] == 0.3
+    assert row["test_loss"] == 0.35 and row["test_acc"] == 0.78 and row["best_val_acc"] == 0.8
+    assert row["diverged"] is False and row["diverged_step"] is None
+
+
+def test_diverged_run_has_no_final_values():
+    row = metrics.run_metrics(hist(diverged_step=12), target_loss=0.5)
+    assert row["diverged"] is True and row["diverged_step"] == 12
+    assert all(math.isnan(row[k]) for k in ("final_val_loss", "final_val_acc", "test_loss", "test_acc"))
+    assert row["steps_to_loss"] is None  # val loss 1.0, 0.6 before step 12: 0.5 never reached
+    assert math.isfinite(row["volatility"]) and math.isfinite(row["grad_norm_cv"])  # the non-finite step is dropped
+
+
+def test_volatility():
+    assert metrics.volatility([1.0] * 20) == 0.0
+    assert metrics.volatility([0.9 ** k for k in range(20)]) == pytest.approx(0.0, abs=1e-12)  # smooth decay
+    zigzag = [1.0, 2.0] * 10 + [1.0]  # the last 11 values: 10 log-differences, +-log 2 alternating
+    assert metrics.volatility(zigzag) == pytest.approx(math.log(2))
+    # only the last half counts: a noisy first half does not matter
+    assert metrics.volatility(zigzag[:10] + [1.0] * 11) == 0.0
+    assert math.isnan(metrics.volatility([1.0, 2.0]))
+
+
+def test_grad_norm_spread():
+    assert metrics.grad_norm_spread([5.0] * 10) == 0.0
+    assert metrics.grad_norm_spread([100.0] * 10 + [1.0, 3.0] * 5) == pytest.approx(0.5)  # std 1 / mean 2
+    assert math.isnan(metrics.grad_norm_spread([]))
+
+
+def test_stability_across_seeds():
+    hs = [hist("batch", s, val_loss=(1.0, 0.6, 0.4, v)) for s, v in enumerate([0.30, 0.32, 0.34])] + \
+         [hist("layer", s, val_loss=(1.0, 0.6, 0.4, v)) for s, v in enumerate([0.30, 0.40, 0.50])]
+    spread = metrics.seed_spread(metrics.trials_table(hs)).set_index("norm")["final_val_loss_sd"]
+    assert spread["batch"] == pytest.approx(0.02) and spread["layer"] == pytest.approx(0.10)
+
+
+def test_trials_table():
+    hs = [hist("none", 0), hist("batch", 1, arch="cnn")]
+    t = metrics.trials_table(hs, target_loss=0.5)
+    assert list(t[["arch", "norm", "seed"]].itertuples(index=False, name=None)) == [("mlp", "none", 0),
+                                                                                   ("cnn", "batch", 1)]
+    assert list(t["steps_to_loss"]) == [15, 15] and list(t["test_acc"]) == [0.78, 0.78]
+
+
+# ----------------------------------------------------------------------------
+# statistics across seeds
+
+def test_mean_ci_matches_scipy_t_interval():
+    x = [0.81, 0.84, 0.83, 0.86, 0.79, 0.85]
+    m, lo, hi = metrics.mean_ci(x)
+    ref_lo, ref_hi = stats.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+    assert m == pytest.approx(np.mean(x)) and lo == pytest.approx(ref_lo) and hi == pytest.approx(ref_hi)
+    lo90, hi90 = stats.t.interval(0.90, len(x) - 1, loc=np.mean(x), scale=stats.sem(x))
+    assert metrics.mean_ci(x, level=0.90)[1:] == pytest.approx((lo90, hi90))
+
+
+def test_mean_ci_edge_cases():
+    assert metrics.mean_ci([1.0, None, math.nan, 3.0]) == pytest.approx(metrics.mean_ci([1.0, 3.0]))
+    m, lo, hi = metrics.mean_ci([2.0])
+    assert m == 2.0 and math.isnan(lo) and math.isnan(hi)
+    assert all(math.isnan(v) for v in metrics.mean_ci([]))
+    assert metrics.mean_ci([4.0, 4.0, 4.0]) == (4.0, 4.0, 4.0)
+
+
+def test_welch_and_hedges_g_on_known_data():
+    a, b = [1.0, 2.0, 3.0, 4.0, 5.0], [3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    w = metrics.welch(a, b)
+    # by hand: means 3 and 5.5, variances 2.5 and 3.5
+    se2a, se2b = 2.5 / 5, 3.5 / 6
+    t = -2.5 / math.sqrt(se2a + se2b)
+    df = (se2a + se2b) ** 2 / (se2a ** 2 / 4 + se2b ** 2 / 5)  # Welch-Satterthwaite
+    assert w["diff"] == pytest.approx(-2.5)
+    assert w["t"] == pytest.approx(t) and w["t"] == pytest.approx(-2.4019, abs=1e-4)
+    assert w["p"] == pytest.approx(2 * stats.t.sf(abs(t), df))
+    assert w["p"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    s_pooled = math.sqrt((4 * 2.5 + 5 * 3.5) / 9)
+    hedges = -2.5 / s_pooled * (1 - 3 / (4 * 9 - 1))  # Hedges & Olkin's small-sample correction, df = 9
+    assert w["g"] == pytest.approx(hedges) and w["g"] == pytest.approx(-1.3076, abs=1e-4)
+    assert (w["n_a"], w["n_b"]) == (5, 6)
+
+
+def test_welch_needs_two_values_per_side():
+    w = metrics.welch([1.0], [2.0, 3.0])
+    assert w["diff"] == pytest.approx(-1.5) and math.isnan(w["p"]) and math.isnan(w["g"])
+
+
+def test_welch_ci_matches_hand_computation():
+    a, b = [1.0, 2.0, 3.0, 4.0, 5.0], [3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    diff, lo, hi = metrics.welch_ci(a, b)
+    se = math.sqrt(2.5 / 5 + 3.5 / 6)
+    df = (2.5 / 5 + 3.5 / 6) ** 2 / ((2.5 / 5) ** 2 / 4 + (3.5 / 6) ** 2 / 5)
+    half = stats.t.ppf(0.975, df) * se
+    assert (diff, lo, hi) == pytest.approx((-2.5, -2.5 - half, -2.5 + half))
+    assert hi < 0  # the difference is established, consistent with p < 0.05
+    assert metrics.welch(a, b)["p"] < 0.05
+
+
+def test_verdict_names_a_winner_only_when_intervals_do_not_overlap():
+    low, high = [0.10, 0.11, 0.12, 0.11], [0.30, 0.31, 0.29, 0.30]
+    assert metrics.verdict(low, high, ("bn", "ln"))[0] == "bn"  # lower is better by default
+    assert metrics.verdict(low, high, ("bn", "ln"), higher_is_better=True)[0] == "ln"
+    winner, d = metrics.verdict(high, low, ("bn", "ln"))
+    assert winner == "ln" and d["hi_b"] < d["lo_a"]
+
+
+def test_verdict_tie_when_intervals_overlap():
+    a, b = [0.10, 0.20, 0.30, 0.15], [0.18, 0.28, 0.38, 0.22]  # means differ, intervals overlap
+    winner, d = metrics.verdict(a, b, ("bn", "ln"))
+    assert d["mean_a"] < d["mean_b"] and d["hi_a"] >= d["lo_b"]
+    assert winner == "tie"
+    assert metrics.verdict([0.1], [0.9], ("bn", "ln"))[0] == "tie"  # one seed: no interval, no verdict
+
+
+def test_rank_conditions():
+    samples = {"none": [0.50, 0.52, 0.51], "batch": [0.30, 0.31, 0.29], "layer": [0.40, 0.41, 0.39]}
+    assert metrics.rank_conditions(samples) == ("batch", "batch", [])
+    assert metrics.rank_conditions(samples, higher_is_better=True) == ("none", "none", [])
+    samples["layer"] = [0.25, 0.35, 0.31]  # overlaps batch
+    winner, best, tied = metrics.rank_conditions(samples)
+    assert (winner, tied) == ("tie", ["layer"]) and best in ("batch", "layer")
+    assert metrics.rank_conditions({"a": [math.nan], "b": []}) == ("tie", None, [])
+
+
+def test_summarize():
+    hs = [hist("batch", s, val_loss=(1.0, 0.6, 0.4, v)) for s, v in enumerate([0.30, 0.32, 0.34])]
+    hs.append(hist("batch", 3, diverged_step=7))
+    s = metrics.summarize(metrics.trials_table(hs), ["arch", "norm"], ["final_val_loss"]).iloc[0]
+    assert s["mean"] == pytest.approx(0.32) and (s["n"], s["n_trials"]) == (3, 4)
+    assert (s["lo"], s["hi"]) == pytest.approx(metrics.mean_ci([0.30, 0.32, 0.34])[1:])
+
+
+def test_format_ci():
+    assert metrics.format_ci(0.1234, 0.11, 0.136) == "0.123 [0.110, 0.136]"
+    assert metrics.format_ci(0.5, math.nan, math.nan) == "0.500"
+    assert metrics.format_ci(math.nan, math.nan, math.nan) == "n/a"
+
+
+# ----------------------------------------------------------------------------
+# criteria: per-arch target, censoring, comparison of conditions
+
+def criteria_histories():
+    """mlp: 'none' ends at val loss 0.30 on average (the target); batch reaches it early,
+    layer never does, one weight run diverges before reaching it."""
+    hs = [hist("none", s, val_loss=(1.0, 0.6, 0.4, v)) for s, v in enumerate([0.28, 0.30, 0.32])]
+    hs += [hist("batch", s, val_loss=(0.5, 0.3, 0.25, 0.2)) for s in range(3)]
+    hs += [hist("layer", s, val_loss=(1.0, 0.8, 0.6, 0.5)) for s in range(3)]
+    hs += [hist("weight", 0, diverged_step=7)]
+    return hs
+
+
+def test_criteria_trials_target_and_censoring():
+    t = metrics.criteria_trials(criteria_histories()).set_index(["norm", "seed"])
+    assert np.allclose(t["target_loss"], 0.30)
+    assert list(t.loc["none", "steps_to_loss"]) == [20, 20, 20]  # 0.32 > 0.30: censored at 20 too
+    assert list(t.loc["none", "reached"]) == [True, True, False]
+    assert list(t.loc["batch", "steps_to_loss"]) == [10] * 3 and t.loc["batch", "reached"].all()
+    assert list(t.loc["layer", "steps_to_loss"]) == [20] * 3 and not t.loc["layer", "reached"].any()
+    assert list(t.loc["layer", "epochs_to_loss"]) == [2.0] * 3
+
+
+def test_criteria_trials_censors_a_diverged_run_at_its_planned_steps():
+    """A run that diverged at step 7 of 20 never reached the target: it must not look faster than
+    runs that trained for all 20 steps."""
+    row = metrics.criteria_trials(criteria_histories()).set_index("norm").loc["weight"]
+    assert row["diverged"] and not row["reached"]
+    assert row["steps_to_loss"] == 20
+
+
+def test_criteria_trials_falls_back_to_the_worst_condition_without_reference():
+    hs = [h for h in criteria_histories() if h.config["norm"] != "none"]
+    t = metrics.criteria_trials(hs)
+    assert np.allclose(t["target_loss"], 0.5)  # layer, the worst mean final val loss
+    assert t.set_index("norm").loc["layer", "reached"].all()
+
+
+def test_criteria_trials_reference_that_always_diverged_falls_back_too():
+    hs = [h for h in criteria_histories() if h.config["norm"] != "none"]
+    hs += [hist("none", s, diverged_step=3) for s in range(2)]
+    t = metrics.criteria_trials(hs)
+    assert np.allclose(t["target_loss"], 0.5)
+    assert t.set_index("norm").loc["batch", "reached"].all()
+
+
+def test_criteria_trials_per_arch_targets():
+    hs = criteria_histories() + [hist("none", s, arch="cnn", val_loss=(0.9, 0.5, 0.2, 0.1)) for s in range(2)]
+    t = metrics.criteria_trials(hs)
+    assert np.allclose(t.loc[t["arch"] == "cnn", "target_loss"], 0.1)
+    assert np.allclose(t.loc[t["arch"] == "mlp", "target_loss"], 0.3)
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")  # Welch on constant samples
+def test_compare_conditions():
+    t = metrics.criteria_trials(criteria_histories())
+    rows = metrics.compare_conditions(t, ["none", "batch", "layer"], "mlp").set_index("metric")
+    speed = rows.loc["steps_to_loss"]
+    assert speed["winner"] == "batch" and speed["best_by_mean"] == "batch" and speed["tied_with_best"] == ""
+    assert speed["batch_mean"] == 10 and speed["layer_mean"] == 20
+    final = rows.loc["final_val_loss"]
+    assert final["winner"] == "batch" and final["runner_up"] == "none"
+    assert final["welch_p"] < 0.05 and final["hedges_g"] < 0
+    assert rows.loc["test_acc", "winner"] == "tie"  # identical test accuracies everywhere

@@ -1,0 +1,179 @@
+"""Tests of normlib.models.build_model: layer layout (mlp 784 -> hidden -> 10, cnn two conv blocks
+then FC), activations, norm position, custom vs torch layers, weight norm, init_scale, parameter
+counts, and one-line ValueErrors naming the bad parameter."""
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from normlib.models import build_model
+from normlib.norms import BatchNorm, LayerNorm, WeightNormConv2d, WeightNormLinear
+
+NORMS = ("none", "batch", "layer", "weight", "group")
+
+
+def x_batch(n=8, seed=0):
+    return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def effective_weight(layer):
+    """The weight a layer multiplies by: g v/||v|| for the custom weight-norm layers."""
+    if isinstance(layer, (WeightNormLinear, WeightNormConv2d)):
+        v = layer.v.detach().flatten(1)  # (out, fan_in)
+        return layer.g.detach()[:, None] * v / v.norm(dim=1, keepdim=True)
+    return layer.weight.detach()
+
+
+def kinds(model):
+    """Names of the model's top-level modules, in order."""
+    return [name for name, _ in model.named_children()]
+
+
+@pytest.mark.parametrize("impl", ["custom", "torch"])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_output_shape_and_backward(arch, norm, impl):
+    torch.manual_seed(0)
+    model = build_model(arch, norm, impl=impl, hidden=(32, 16), channels=(4, 8))
+    out = model(x_batch())
+    assert out.shape == (8, 10)
+    out.square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    model.eval()
+    assert model(x_batch(3)).shape == (3, 10)  # eval mode (running statistics), another batch size
+
+
+def test_mlp_layout():
+    model = build_model("mlp", "none", hidden=(64, 32))
+    assert kinds(model) == ["flatten", "fc1", "norm1", "act1", "fc2", "norm2", "act2", "out"]
+    shapes = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert shapes == [(784, 64), (64, 32), (32, 10)]
+    assert n_params(model) == 784 * 64 + 64 + 64 * 32 + 32 + 32 * 10 + 10
+
+
+def test_mlp_default_is_three_hidden_layers_of_256():
+    shapes = [(m.in_features, m.out_features) for m in build_model().modules() if isinstance(m, nn.Linear)]
+    assert shapes == [(784, 256), (256, 256), (256, 256), (256, 10)]
+
+
+def test_cnn_layout():
+    model = build_model("cnn", "batch", hidden=(64,), channels=(16, 32))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 16, (3, 3)), (16, 32, (3, 3))]
+    assert kinds(model) == ["conv1", "pool1", "norm1", "act1", "conv2", "pool2", "norm2", "act2",
+                            "flatten", "fc3", "norm3", "act3", "out"]
+    fcs = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert fcs == [(32 * 7 * 7, 64), (64, 10)]
+    n_conv = (9 * 1 * 16 + 16) + (9 * 16 * 32 + 32)
+    n_fc = 32 * 49 * 64 + 64 + 64 * 10 + 10
+    assert n_params(model) == n_conv + n_fc + 2 * (16 + 32 + 64)  # gamma and beta per channel / feature
+
+
+@pytest.mark.parametrize("impl", ["custom", "torch"])
+def test_norm_parameter_counts(impl):
+    """BN and LN add gamma and beta per hidden feature; WN adds one g per output unit of each hidden layer."""
+    base = n_params(build_model("mlp", "none", hidden=(64, 32)))
+    assert n_params(build_model("mlp", "batch", impl=impl, hidden=(64, 32))) == base + 2 * (64 + 32)
+    assert n_params(build_model("mlp", "layer", impl=impl, hidden=(64, 32))) == base + 2 * (64 + 32)
+    assert n_params(build_model("mlp", "weight", impl=impl, hidden=(64, 32))) == base + (64 + 32)
+
+
+def test_norm_layer_types():
+    assert isinstance(build_model("mlp", "batch").norm1, BatchNorm)
+    assert isinstance(build_model("mlp", "layer").norm1, LayerNorm)
+    assert isinstance(build_model("mlp", "batch", impl="torch").norm1, nn.BatchNorm1d)
+    assert isinstance(build_model("cnn", "batch", impl="torch").norm1, nn.BatchNorm2d)
+    assert isinstance(build_model("mlp", "layer", impl="torch").norm1, nn.LayerNorm)
+    assert build_model("cnn", "layer", impl="torch").norm2.normalized_shape == (32, 7, 7)
+    assert isinstance(build_model("mlp", "none").norm1, nn.Identity)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_weight_norm_wraps_hidden_layers(arch):
+    custom = build_model(arch, "weight", hidden=(32,), channels=(4, 8))
+    wrapped = [m for m in custom.modules() if isinstance(m, (WeightNormLinear, WeightNormConv2d))]
+    assert len(wrapped) == (1 if arch == "mlp" else 3)  # every hidden Linear/Conv, not the output layer
+    assert all(isinstance(m, nn.Identity) for n, m in custom.named_children() if n.startswith("norm"))
+    assert isinstance(custom.out, nn.Linear)
+    torch_wn = build_model(arch, "weight", impl="torch", hidden=(32,), channels=(4, 8))
+    layers = [m for n, m in torch_wn.named_children() if n.startswith(("fc", "conv"))]
+    assert layers and all(parametrize.is_parametrized(m, "weight") for m in layers)
+    assert not parametrize.is_parametrized(torch_wn.out)
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer", "weight"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_custom_and_torch_compute_the_same_function_at_init(arch, norm):
+    torch.manual_seed(0)
+    custom = build_model(arch, norm, impl="custom", hidden=(32,), channels=(4, 8))
+    torch.manual_seed(0)
+    builtin = build_model(arch, norm, impl="torch", hidden=(32,), channels=(4, 8))
+    x = x_batch(16)
+    torch.testing.assert_close(custom(x), builtin(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation, cls", [("relu", nn.ReLU), ("sigmoid", nn.Sigmoid), ("tanh", nn.Tanh)])
+def test_activation(activation, cls):
+    for arch in ("mlp", "cnn"):
+        model = build_model(arch, "batch", activation=activation, hidden=(16,))
+        acts = [m for n, m in model.named_children() if n.startswith("act")]
+        assert acts and all(type(m) is cls for m in acts)
+
+
+def test_norm_position():
+    before = build_model("mlp", "batch", hidden=(16, 16))
+    after = build_model("mlp", "batch", norm_position="after", hidden=(16, 16))
+    assert kinds(before)[1:4] == ["fc1", "norm1", "act1"]
+    assert kinds(after)[1:4] == ["fc1", "act1", "norm1"]
+    # after the activation, BN normalizes non-negative ReLU outputs: its training-mode output is centred
+    x = x_batch(64)
+    h = after.act1(after.fc1(after.flatten(x)))
+    assert (h >= 0).all()
+    assert after.norm1(h).mean(0).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "weight"])
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_init_scale(arch, norm):
+    torch.manual_seed(0)
+    model = build_model(arch, norm, init_scale=0.3, hidden=(256,), channels=(16, 32))
+    for name, m in model.named_children():
+        if name.startswith(("fc", "conv", "out")):
+            w = effective_weight(m)  # weight norm (custom or torch) starts equal to the drawn weight
+            tol = 5 * 0.3 / w.numel() ** 0.5  # 5 standard errors of the sample mean / std
+            assert abs(w.std().item() - 0.3) < tol, name
+            assert abs(w.mean().item()) < tol, name
+            assert (m.bias == 0).all(), name
+
+
+def test_default_init_differs_from_init_scale():
+    torch.manual_seed(0)
+    default = build_model("mlp", hidden=(256,)).fc1.weight.std().item()
+    assert abs(default - 1 / (3 * 784) ** 0.5) < 1e-3  # PyTorch's kaiming-uniform: U(-1/sqrt(fan_in), +)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(arch="rnn"), "arch"),
+    (dict(norm="instance"), "norm"),
+    (dict(norm="batch", impl="cuda"), "impl"),
+    (dict(norm="none", impl="fast"), "impl"),
+    (dict(activation="gelu"), "activation"),
+    (dict(norm_position="middle"), "norm_position"),
+    (dict(init_scale=-0.1), "init_scale"),
+    (dict(init_scale=0), "init_scale"),
+    (dict(init_scale=float("nan")), "init_scale"),
+    (dict(init_scale="big"), "init_scale"),
+    (dict(hidden=()), "hidden"),
+    (dict(hidden=(64, 0)), "hidden"),
+    (dict(hidden=64), "hidden"),
+    (dict(arch="cnn", channels=(16,)), "channels"),
+    (dict(arch="cnn", channels=(16, -2)), "channels"),
+])
+def test_bad_values_raise_value_error_naming_the_parameter(kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name} = "):
+        build_model(**kwargs)
