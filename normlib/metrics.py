@@ -116,14 +116,19 @@ def welch(a, b):
     return out
 
 
+MIN_SEEDS = 3  # fewer finite values per condition than this: no verdict, the difference is not established
+
+
 def verdict(a, b, names=("A", "B"), higher_is_better=False, level=0.95):
-    """Which of two samples is better: a name, or "tie" when the 95% intervals overlap or n < 2.
-    Returns (winner, details) where details has both means/intervals and the Welch test."""
+    """Which of two samples is better: a name, or "tie" when the 95% intervals overlap or either has
+    fewer than MIN_SEEDS finite values (two seeds that happen to agree give a zero-width interval,
+    which is no evidence). Returns (winner, details): both means/intervals and the Welch test."""
     ma, loa, hia = mean_ci(a, level)
     mb, lob, hib = mean_ci(b, level)
     test = welch(a, b)
     details = {"mean_a": ma, "lo_a": loa, "hi_a": hia, "mean_b": mb, "lo_b": lob, "hi_b": hib, **test}
-    if any(math.isnan(v) for v in (loa, hia, lob, hib)) or not (hia < lob or hib < loa):
+    too_few = min(test["n_a"], test["n_b"]) < MIN_SEEDS
+    if too_few or any(math.isnan(v) for v in (loa, hia, lob, hib)) or not (hia < lob or hib < loa):
         return "tie", details
     a_better = (ma > mb) if higher_is_better else (ma < mb)
     return (names[0] if a_better else names[1]), details

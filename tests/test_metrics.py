@@ -261,3 +261,10 @@ def test_compare_conditions():
     assert final["winner"] == "batch" and final["runner_up"] == "none"
     assert final["welch_p"] < 0.05 and final["hedges_g"] < 0
     assert rows.loc["test_acc", "winner"] == "tie"  # identical test accuracies everywhere
+
+
+def test_verdict_needs_min_seeds_even_for_zero_width_intervals():
+    # two seeds that agree exactly give zero-width intervals: no evidence of a difference
+    assert metrics.verdict([8, 8], [11, 11], ("a", "b"))[0] == "tie"
+    assert metrics.verdict([8, 8, 8], [11, 11, 11], ("a", "b"))[0] == "a"
+    assert metrics.verdict([0.90, 0.91, 0.92], [0.80, 0.81, 0.82], ("a", "b"), higher_is_better=True)[0] == "a"
