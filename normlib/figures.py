@@ -193,9 +193,28 @@ def points(frame, x, y, *, hue="norm", col=None, order=None, logy=False):
         ax.set_title(str(panel) if panel is not None else "")
         if logy:
             ax.set_yscale("log")
-    _legend(fig, axes[0][0])
+        if hue == x:  # the x axis already names the conditions
+            ax.set_xticks(ax.get_xticks(), [NORM_LABELS.get(t.get_text(), t.get_text()) for t in ax.get_xticklabels()])
+            if ax.get_legend():
+                ax.get_legend().remove()
+    if hue != x:
+        _legend(fig, axes[0][0])
     for ax in axes[0][1:]:
         if ax.get_legend():
             ax.get_legend().remove()
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0, 1, 0.9) if hue != x else None)
+    return fig
+
+
+def examples(images, labels, classes, per_row=5):
+    """One image per class: images (N, 1, H, W), labels (N,), classes: names indexed by label."""
+    picks = [int((labels == c).nonzero()[0]) for c in range(len(classes))]
+    rows = -(-len(picks) // per_row)
+    fig, axes = plt.subplots(rows, per_row, figsize=(1.6 * per_row, 1.8 * rows), squeeze=False)
+    for ax, i in zip(axes.flat, picks):
+        ax.imshow(images[i, 0], cmap="gray_r")
+        ax.set_title(classes[int(labels[i])], fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
     return fig

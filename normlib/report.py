@@ -194,14 +194,15 @@ def readable_head_to_head(h2h, a, b):
 
 def glue_difference(h2h, arch, metric, key, scale=1.0):
     """Glue the difference a - b of one metric of a metrics.head_to_head table for one arch:
-    {arch}_{key}_diff, _diff_lo, _diff_hi (times scale; Welch 95% CI), _diff_p (Welch p) and
-    {arch}_{key}_difference_established: "established" when the study's verdict names a winner
-    (non-overlapping 95% intervals), else "not established". Returns {key: value}."""
+    {arch}_{key}_diff, _diff_lo, _diff_hi (times scale; Welch 95% CI), _diff_ci ("+0.31 [-0.52, +1.14]"),
+    _diff_p (Welch p) and {arch}_{key}_difference_established: "established" when the study's verdict
+    names a winner (non-overlapping 95% intervals), else "not established". Returns {key: value}."""
     r = h2h.set_index("metric").loc[metric]
     base = f"{arch}_{key}"
     out = {f"{base}_diff": scale * float(r["diff"]), f"{base}_diff_lo": scale * float(r["diff_lo"]),
            f"{base}_diff_hi": scale * float(r["diff_hi"]), f"{base}_diff_p": float(r["welch_p"]),
            f"{base}_difference_established": "not established" if r["winner"] == "tie" else "established"}
+    out[f"{base}_diff_ci"] = format_ci(out[f"{base}_diff"], out[f"{base}_diff_lo"], out[f"{base}_diff_hi"], "{:+.2f}")
     for k, v in out.items():
         glue_value(k, v)
     return out

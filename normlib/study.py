@@ -49,3 +49,28 @@ def steps_frame(histories, keys=("arch", "norm", "seed"), every=1, window=20):
         f = f.iloc[::every].assign(**label(h, keys), epoch=lambda d: d.step / h.steps_per_epoch)
         frames.append(f)
     return pd.concat(frames, ignore_index=True)
+
+
+def protocol_table():
+    """The training protocol generated from the code: every TrainConfig field, its default, the value
+    the trials of steps 1-5 use (PROTOCOL, condition_configs' defaults, or a notebook parameter) and
+    the comment that documents the field in train.py."""
+    import inspect
+    import re
+    from dataclasses import fields
+
+    comments, field = {}, None
+    for line in inspect.getsource(TrainConfig).splitlines():  # "    name: type = default  # comment"
+        m = re.match(r" {4}(\w+):[^#]*#\s*(.+)$", line)
+        if m:
+            field, comments[m[1]] = m[1], m[2]
+        elif field and line.strip().startswith("#"):  # a comment continued on the next line
+            comments[field] += " " + line.strip().lstrip("#").strip()
+        else:
+            field = None
+    steps = {**PROTOCOL, "evals_per_epoch": inspect.signature(condition_configs).parameters["evals_per_epoch"].default}
+    per_notebook = ("arch", "norm", "seed", "epochs", "train_size", "val_size", "impl")
+    rows = [{"field": f.name, "default": repr(f.default),
+             "steps 1-5": "notebook parameter" if f.name in per_notebook else repr(steps.get(f.name, f.default)),
+             "meaning": comments.get(f.name, "")} for f in fields(TrainConfig)]
+    return pd.DataFrame(rows)

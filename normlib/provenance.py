@@ -1,0 +1,97 @@
+"""What ran, with what, on what: the run manifest, software versions and hardware, captured
+when a notebook runs, so that the report states its own setup (as airbench states its
+results with the setup that produced them).
+
+The manifest is written by normlib.pipeline before any notebook executes, at
+results/run_manifest.json: {"profile", "description", "started", "overrides",
+"notebooks": {name: {"injected": {param: value}, "declared": {param: default source}}}, ...}.
+"""
+import importlib.metadata
+import json
+import os
+import platform
+from pathlib import Path
+
+import pandas as pd
+import papermill
+import torch
+from papermill.translators import PythonTranslator
+
+from normlib.paths import ROOT, notebooks_dir, results_dir
+
+PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "seaborn", "jupyter-book", "myst-nb",
+            "papermill")
+
+
+def software_versions():
+    """{name: version} of Python and PACKAGES as installed in the running environment."""
+    return {"python": platform.python_version(), **{p: importlib.metadata.version(p) for p in PACKAGES}}
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware():
+    """The machine this kernel runs on: CPU model, logical cores, torch's threads, RAM, CUDA device."""
+    try:
+        ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (AttributeError, ValueError, OSError):
+        ram_gb = float("nan")
+    return {"cpu_model": cpu_model(), "n_cores": os.cpu_count() or 1, "torch_threads": torch.get_num_threads(),
+            "ram_gb": ram_gb, "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+            "os": platform.platform()}
+
+
+def load_manifest(path=None):
+    """The pipeline's run manifest, or None when there is none (e.g. a notebook run on its own)."""
+    try:
+        return json.loads(Path(path or results_dir() / "run_manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _injected(entry):
+    return entry.get("injected", {}) if "injected" in entry or "declared" in entry else entry
+
+
+def manifest_applies(manifest, notebook, params):
+    """Whether `manifest` describes this execution of `notebook`: it lists the notebook, and every value
+    it injected into it equals the value the notebook runs with (params) - a stale manifest left by an
+    earlier run usually fails this."""
+    entry = (manifest or {}).get("notebooks", {}).get(notebook)
+    return entry is not None and all(params.get(k) == v for k, v in _injected(entry).items())
+
+
+def toc_order():
+    """Notebook names in book order (_toc.yml), for those whose source exists."""
+    from normlib.pipeline import toc_notebooks
+    return [n for n in toc_notebooks(ROOT) if (notebooks_dir() / f"{n}.ipynb").exists()]
+
+
+def notebook_parameters(manifest=None):
+    """{notebook: DataFrame(parameter, value, set by, meaning)}: the parameters each notebook of a run
+    executed with. With a manifest: the notebooks it lists, with the values it injected (set by "run")
+    and the declared defaults otherwise; without one: every notebook's defaults. Defaults and meanings
+    are read from the notebook sources' parameters cells (papermill.inspect_notebook)."""
+    names = list(manifest["notebooks"]) if manifest else toc_order()
+    tables = {}
+    for name in names:
+        injected = _injected(manifest["notebooks"][name]) if manifest else {}
+        source = notebooks_dir() / f"{name}.ipynb"
+        declared = papermill.inspect_notebook(str(source)) if source.exists() else {}
+        rows = [{"parameter": p, "value": PythonTranslator.translate(injected[p]) if p in injected else d["default"],
+                 "set by": "run" if p in injected else "default", "meaning": d["help"]}
+                for p, d in declared.items()]
+        rows += [{"parameter": p, "value": PythonTranslator.translate(v), "set by": "run", "meaning": ""}
+                 for p, v in injected.items() if p not in declared]
+        if rows:
+            tables[name] = pd.DataFrame(rows)
+    return tables
