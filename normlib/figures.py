@@ -117,11 +117,11 @@ def sweep(frame, x, y, *, hue="norm", logx=True, xlabel=None, ylabel=None, diver
 STUDY_LABELS = {
     "val_error": "validation error (1 - accuracy)", "best_val_acc": "best validation accuracy",
     "final_val_acc": "final validation accuracy", "final_train_loss": "final training loss (cross-entropy)",
-    "loss_range": "loss range along the gradient", "grad_change": "gradient change along the gradient (L2)",
+    "loss_range": "loss range along the gradient", "grad_change": "gradient predictiveness (max L2 change)",
     "beta": "effective beta-smoothness", "grad_imbalance": "|log10(first / last layer gradient norm)|",
     "gap": "validation - training loss", "batch_size": "batch size (examples per step)",
     "lr": "learning rate", "init_scale": "weight-initialization scale (std)",
-    "step": "step (mini-batches)", "position": "normalization position",
+    "step": "step (mini-batches)", "position": "normalization position", "norm": "normalization",
 }
 
 
@@ -151,7 +151,7 @@ def panels(frame, x, ys, *, hue="norm", logx=False, logy=(), diverged=None, erro
     for ax in axes[0][1:]:
         if ax.get_legend():
             ax.get_legend().remove()
-    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.tight_layout(rect=(0, 0, 1, 0.88))
     return fig
 
 
@@ -164,10 +164,10 @@ def percentile_traces(frame, *, col="norm"):
         d = frame[frame[col] == panel].pivot_table(index="step", columns="quantile", values="value")
         lo, mid, hi = (d[q] for q in sorted(d.columns))
         color = NORM_COLORS.get(panel, "#333")
-        ax.fill_between(d.index, lo, hi, color=color, alpha=0.25, label="15th-85th percentile")
-        for q, style in zip(sorted(d.columns), ("--", "-", "--")):
-            ax.plot(d.index, d[q], style, color=color, lw=1.6 if style == "-" else 1.0,
-                    label=f"{q:.0%} percentile" if style == "-" or q == min(d.columns) else None)
+        ax.fill_between(d.index, lo, hi, color=color, alpha=0.25)
+        ax.plot(d.index, lo, "--", color=color, lw=1.0, label="15th and 85th percentiles")
+        ax.plot(d.index, hi, "--", color=color, lw=1.0)
+        ax.plot(d.index, mid, "-", color=color, lw=1.6, label="median")
         ax.set_title(NORM_LABELS.get(panel, panel))
         ax.set_xlabel(_label("step"))
     axes[0][0].set_ylabel("input to the sigmoid")
@@ -180,13 +180,15 @@ def points(frame, x, y, *, hue="norm", col=None, order=None, logy=False):
     """Each seed as a dot and the mean with its 95% CI (seaborn pointplot), per x category and hue,
     one panel per col value."""
     panels_ = list(dict.fromkeys(frame[col])) if col else [None]
-    fig, axes = plt.subplots(1, len(panels_), figsize=(4.6 * len(panels_), 3.8), squeeze=False, sharey=True)
+    width = max(4.6, 2.0 * frame[x].nunique())
+    fig, axes = plt.subplots(1, len(panels_), figsize=(width * len(panels_), 3.8), squeeze=False, sharey=True)
     hues = list(dict.fromkeys(frame[hue]))
     for ax, panel in zip(axes[0], panels_):
         d = frame if panel is None else frame[frame[col] == panel]
         kw = dict(data=d, x=x, y=y, hue=hue, hue_order=hues, order=order, palette=palette(hues), ax=ax)
-        sns.stripplot(**kw, dodge=True, alpha=0.45, legend=False)
-        sns.pointplot(**kw, dodge=0.4 if len(hues) > 1 else False, errorbar=("ci", 95), linestyle="none",
+        sns.stripplot(**kw, dodge=len(hues) > 1 and hue != x, alpha=0.6, size=5, legend=False)
+        dodge = 0.8 - 0.8 / len(hues) if len(hues) > 1 and hue != x else False  # centred on the strips' columns
+        sns.pointplot(**kw, dodge=dodge, errorbar=("ci", 95), linestyle="none",
                       capsize=0.1, marker="D")
         ax.set_xlabel(_label(x))
         ax.set_ylabel(_label(y))
