@@ -8,6 +8,7 @@ conditions: Welch's t-test with Hedges' g. A verdict names a winner only when th
 intervals do not overlap; otherwise it is a tie (the difference is not established).
 """
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -108,7 +109,9 @@ def welch(a, b):
            "t": float("nan"), "p": float("nan"), "g": float("nan"), "n_a": len(a), "n_b": len(b)}
     if len(a) < 2 or len(b) < 2:
         return out
-    t, p = stats.ttest_ind(a, b, equal_var=False)
+    with warnings.catch_warnings():  # near-identical seeds: scipy warns of precision loss, p is still defined
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t, p = stats.ttest_ind(a, b, equal_var=False)
     pooled = math.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
     correction = 1 - 3 / (4 * (len(a) + len(b)) - 9)
     g = out["diff"] / pooled * correction if pooled > 0 else float("nan")

@@ -57,8 +57,9 @@ def batch_norm_backward(dy, cache):
     # dx = a*dy - a/M*dbeta - a/M*dgamma*x_hat with a = gamma*inv_std, one number per channel.
     a = gamma.view(1, c, 1) * inv_std  # (1, C, 1)
     a_m = a / (n * l)  # (1, C, 1)
-    torch.mul(dy3, a, out=dx).sub_(dbeta.view(1, c, 1) * a_m)
-    dx.addcmul_(x_c, dgamma.view(1, c, 1) * a_m * inv_std, value=-1)  # x_hat = x_c * inv_std
+    shift = (dbeta.view(1, c, 1) * a_m).neg_()  # (1, C, 1)
+    torch.addcmul(shift, x_c, dgamma.view(1, c, 1) * a_m * inv_std, value=-1, out=dx)  # x_hat = x_c * inv_std
+    dx.addcmul_(dy3, a)  # two passes over dx in all
     return dx.view(dy.shape), dgamma, dbeta
 
 

@@ -112,6 +112,12 @@ def train_size(v):
     return v
 
 
+def fraction(v):
+    if not (_is_number(v) and 0 < v < 1):
+        raise ValueError("must be a number between 0 and 1")
+    return float(v)
+
+
 def momentum(v):
     if not (_is_number(v) and 0 <= v < 1):
         raise ValueError("must be a number in [0, 1)")
@@ -144,6 +150,19 @@ RULES = {
     "init_scales": list_of(positive_float, "positive numbers"),
     "workers": nonneg_int,  # 0 = one per core
     "force": boolean,
+    # declared by one or two notebooks (which check them again); here so that the pipeline
+    # refuses a bad value before any notebook trains
+    "repeats": positive_int,            # implementation_check: timed calls per layer and shape
+    "base_lr": positive_float,          # study_batch_size, study_claims: learning rate at batch size 128
+    "bs_train_size": train_size,        # study_claims
+    "bs_epochs": positive_int,          # study_claims
+    "depth": positive_int,              # study_init_scale: hidden layers
+    "acc_threshold": fraction,          # study_init_scale, study_learning_rate: accuracy that counts as trained
+    "record_every": positive_int,       # study_activation_drift
+    "probe_size": positive_int,         # study_activation_drift
+    "unit": nonneg_int,                 # study_activation_drift
+    "multipliers": list_of(positive_float, "positive numbers"),  # study_landscape: probe step sizes
+    "probe_every": positive_int,        # study_landscape
 }
 
 

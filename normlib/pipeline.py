@@ -5,7 +5,7 @@
     python -m normlib.pipeline --only step1_bn_training,step2_bn_analysis --no-book
 
 Order of work, so that a bad request never leaves half a run behind:
-1. validate everything (profile, parameter names and values, writable directories);
+1. validate everything (profile, parameter names and values, the data set, writable directories);
 2. write results/run_manifest.json (what is about to run);
 3. execute notebooks/<name>.ipynb into book/notebooks/<name>.ipynb in _toc.yml order,
    stopping at the first error (the failed copy goes to results/failed/<name>.ipynb);
@@ -19,7 +19,8 @@ A profile (normlib/profiles/<name>.yaml) is:
     notebooks: {nb: {name: value}}     # one notebook only
 
 and --set name=value / --set nb.name=value override it (values are YAML).
-Exit codes: 0 done, 1 a notebook or the book build failed, 2 bad request (nothing written).
+Exit codes: 0 done, 1 a notebook or the book build failed, 2 bad request (nothing written),
+130 interrupted (Ctrl-C); running the same command again resumes from the cached trials.
 """
 import argparse
 import datetime
@@ -432,6 +433,8 @@ def find_missing_glue_keys(root) -> list[str]:
 def build_book(root, log_path):
     """jupyter-book build -W into .build-tmp/, then swap it in as _build/ (only on success)."""
     tmp, old = root / ".build-tmp", root / ".build-old"
+    if old.exists() and not (root / "_build").exists():
+        os.replace(old, root / "_build")  # a previous run was killed in the middle of the swap below
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
     tmp.mkdir()
@@ -475,8 +478,22 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
+def check_data():
+    """Verify Fashion-MNIST (size and sha256) in the data root before any notebook trains on it,
+    decompressing Debian's copy there if needed (normlib.data.prepare); a DataError says what to do."""
+    from normlib import data as D
+
+    try:
+        D.prepare()
+    except D.DataError as e:
+        raise PipelineError(_first_line(e)) from None
+
+
 def prepare(args):
-    """Validate the whole request; return everything needed to run it. Writes nothing."""
+    """Validate the whole request; return everything needed to run it.
+
+    Writes nothing but the directories it checks and, when they are missing, the verified data files.
+    """
     root = Path(args.root).resolve()
     nb_dir, book_nb_dir = root / "notebooks", root / "book" / "notebooks"
     results = Path(os.environ.get("NORMLIB_RESULTS") or root / "results")
@@ -503,6 +520,7 @@ def prepare(args):
     if args.workers is not None and args.workers < 0:
         raise PipelineError(f"--workers {args.workers}: must be a non-negative integer (0 = one per core)")
     to_run = plan(profile_name, profile, parse_sets(args.set), declared, selected, force=args.force)
+    check_data()
     for path, what in ((results, "results directory"), (book_nb_dir, "executed notebooks directory")):
         try:
             P.check_writable(path, what)
@@ -571,8 +589,12 @@ def main(argv=None):
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.code
+    except KeyboardInterrupt:  # nbclient has killed the kernel and its trial workers
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # not nbclient's pending cell's traceback
+        print("\nerror: interrupted; finished trials are cached: run the same command again to resume",
+              file=sys.stderr, flush=True)
+        return 130
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

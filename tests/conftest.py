@@ -1,6 +1,12 @@
-"""Shared pytest setup: the `slow` marker and a fake book for pipeline tests."""
+"""Shared pytest setup: the `slow` marker, a fake book for pipeline tests, and the real book built
+once with the quick profile in a scratch copy of the checkout (end-to-end, browser, reliability)."""
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import nbformat
 import pytest
@@ -50,3 +56,67 @@ def make_book(root: Path) -> Path:
 @pytest.fixture
 def book(tmp_path):
     return make_book(tmp_path / "repo")
+
+
+# ----------------------------------------------------------------------------
+# the real book, in a scratch copy of the checkout
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the checkout's own files (tracked, and untracked but not ignored: no results, builds or data)."""
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
+                            capture_output=True, text=True, check=True).stdout
+    for rel in filter(None, listed.split("\0")):
+        if (REPO / rel).is_file():  # a file deleted since git listed it is skipped
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    return dest
+
+
+def pipeline_env(results, **extra):
+    """The environment of a pipeline run: the prepared data, its own results directory."""
+    from normlib.paths import data_dir
+
+    env = {k: v for k, v in os.environ.items() if k not in ("NORMLIB_WORKERS", "PYTHONPATH")}
+    env.update({"NORMLIB_RESULTS": str(results), "NORMLIB_DATA": str(data_dir().resolve()), **extra})
+    return env
+
+
+def pipeline_cmd(*args):
+    """`python -m normlib.pipeline ARGS`; run with cwd=<a copy>, it imports that copy's normlib."""
+    return [sys.executable, "-m", "normlib.pipeline", *args]
+
+
+def run_cli(root, *args, results, timeout=900, **env):
+    """Run the pipeline CLI in `root` (a copy of the checkout) with results in `results`."""
+    return subprocess.run(pipeline_cmd(*args), cwd=root, env=pipeline_env(results, **env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def tail(proc, lines=40):
+    """The end of a finished process's output, for assertion messages."""
+    return "\n".join(f"{proc.stdout}\n{proc.stderr}".strip().splitlines()[-lines:])
+
+
+TIMINGS = {}  # printed in the terminal summary
+
+
+@pytest.fixture(scope="session")
+def quick_book(tmp_path_factory):
+    """`python -m normlib.pipeline --profile quick`, once per session, in a scratch copy of the checkout
+    with an empty results directory. Tests assert on `.proc` themselves."""
+    root = copy_repo(tmp_path_factory.mktemp("quick") / "repo")
+    results = root.parent / "results"
+    t0 = time.perf_counter()
+    proc = run_cli(root, "--profile", "quick", results=results, timeout=1800)
+    TIMINGS["quick profile, notebooks and book (s)"] = wall = round(time.perf_counter() - t0, 1)
+    for line in proc.stdout.splitlines():  # "[3/13] step1_bn_training ... done in 41.2 s"
+        if " ... done in " in line:
+            what, _, took = line.partition(" ... done in ")
+            TIMINGS[f"  {what.split('] ')[-1]} (s)"] = float(took.split()[0])
+    return SimpleNamespace(root=root, results=results, proc=proc, html=root / "_build" / "html", wall_time=wall)
+
+
+def pytest_terminal_summary(terminalreporter):
+    for what, value in TIMINGS.items():
+        terminalreporter.write_line(f"{what}: {value}")

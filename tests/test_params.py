@@ -41,6 +41,17 @@ BAD = [
     ("force", 1, "parameter 'force' = 1: must be true or false"),
     ("split_seed", 1.5, "parameter 'split_seed' = 1.5: must be a non-negative integer"),
     ("evals_per_epoch", 0, "parameter 'evals_per_epoch' = 0: must be a positive integer"),
+    ("repeats", 0, "parameter 'repeats' = 0: must be a positive integer"),
+    ("base_lr", -0.05, "parameter 'base_lr' = -0.05: must be a positive number"),
+    ("bs_train_size", -1, "parameter 'bs_train_size' = -1: must be a non-negative integer (0 = all images not held out for validation)"),
+    ("bs_epochs", 0, "parameter 'bs_epochs' = 0: must be a positive integer"),
+    ("depth", 0, "parameter 'depth' = 0: must be a positive integer"),
+    ("acc_threshold", 1.5, "parameter 'acc_threshold' = 1.5: must be a number between 0 and 1"),
+    ("record_every", 0, "parameter 'record_every' = 0: must be a positive integer"),
+    ("probe_size", 0, "parameter 'probe_size' = 0: must be a positive integer"),
+    ("unit", -1, "parameter 'unit' = -1: must be a non-negative integer"),
+    ("multipliers", [1, -2], "parameter 'multipliers' = [1, -2]: must be a non-empty list of distinct positive numbers"),
+    ("probe_every", 0, "parameter 'probe_every' = 0: must be a positive integer"),
 ]
 
 

@@ -1,0 +1,39 @@
+"""Smoke test of benchmarks/bench.py: it runs and writes every measurement. No timing thresholds:
+the benchmark measures this machine, it does not judge it (its targets are printed, not asserted)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from normlib.data import verify
+from normlib.paths import data_dir
+
+REPO = Path(__file__).resolve().parent.parent
+KEYS = {"train_vs_torchvision", "train_vs_bare", "batch_norm_mlp", "layer_norm_mlp", "batch_norm_cnn",
+        "layer_norm_cnn", "layer_norm_cnn_vs_groupnorm", "cnn_fraction_of_peak"}
+NUMBERS = ("ours", "reference", "ratio", "ratio_of_medians", "target")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(bool(verify(data_dir())), reason="Fashion-MNIST is not prepared (run `make data`)")
+def test_quick_benchmark_writes_every_measurement(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--repeats", "1",
+                           "--json", str(out)], capture_output=True, text=True, cwd=REPO, timeout=230)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == KEYS
+    for name, r in report["results"].items():
+        assert all(isinstance(r[k], float) and math.isfinite(r[k]) and r[k] > 0 for k in NUMBERS), (name, r)
+        assert isinstance(r["holds"], bool) and r["target_op"] in (">=", "<=")
+        assert f"{name}: ours " in proc.stdout  # one printed line per measurement
+    machine = report["machine"]
+    assert machine["device"] in ("cpu", "cuda") and machine["torch_threads"] >= 1 and machine["cpu"]
+    assert report["results"]["cnn_fraction_of_peak"]["flops_per_example"] > 0
+    floor = report["python_function_floor"]
+    assert all(math.isfinite(floor[k]) and floor[k] > 0 for k in ("copy_function_seconds", "of_batch_norm", "of_layer_norm"))
+    assert not list(tmp_path.glob(".*.tmp"))  # the JSON was written atomically
