@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -76,6 +78,16 @@ def run_trial(config_dict, path, threads=1):
     return hist.to_dict()
 
 
+def exit_with_parent(parent):
+    """Pool initializer: end this worker once the process that started it is gone (a killed
+    pipeline must not leave trials training in the background)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def default_workers():
     return int(os.environ.get("NORMLIB_WORKERS", 0)) or os.cpu_count() or 1
 
@@ -130,7 +142,8 @@ def _execute(jobs, workers, scheduler, threads):
         finally:
             torch.set_num_threads(saved)
     else:
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"),
+                                 initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(run_trial, cfg, path, threads): path for cfg, path in jobs}
             for fut in as_completed(futures):
                 yield futures[fut], fut.result()

@@ -12,6 +12,7 @@ statistics behind each study's verdicts.
 Every "better" comes from normlib.metrics.verdict (95% intervals across seeds do not overlap)
 with Welch's p and Hedges' g beside it; otherwise the difference is "not established".
 """
+import os
 import hashlib
 import json
 import math
@@ -26,7 +27,7 @@ import torch
 from normlib import probes
 from normlib.data import fingerprint
 from normlib.figures import NORM_LABELS
-from normlib.grid import code_version, default_workers, write_atomic
+from normlib.grid import code_version, default_workers, exit_with_parent, write_atomic
 from normlib.metrics import format_ci, mean_ci, trials_table, verdict
 from normlib.params import ParameterError, validate
 from normlib.paths import results_dir
@@ -281,7 +282,8 @@ def _execute(todo, workers, threads):
         finally:
             torch.set_num_threads(saved)
     elif todo:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             for fut in as_completed([pool.submit(_run_and_store, d, path, threads) for path, d in todo.items()]):
                 yield fut.result()
 
