@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing normlib
 
 from normlib.data import DataError, load_fashion_mnist  # noqa: E402
+from normlib.grid import write_atomic  # noqa: E402
 from normlib.models import build_model  # noqa: E402
 from normlib.norms import make_norm  # noqa: E402
 from normlib.paths import data_dir, results_dir  # noqa: E402
@@ -415,17 +416,8 @@ def profile_line(name, r):
 
 
 def write_json(path, payload):
-    """Atomic write: a temp file in the same folder, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Atomic write (normlib.grid.write_atomic: a temp file in the same folder, then a rename)."""
+    write_atomic(path, json.dumps(payload, indent=1, allow_nan=False))
 
 
 def main(argv=None):
