@@ -35,6 +35,8 @@ SHA256 = {
     "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
+# Identifies the data a result was computed on (stored with every cached trial).
+FINGERPRINT = hashlib.sha256("".join(SHA256[n] for n in sorted(SHA256)).encode()).hexdigest()[:16]
 SIZES = {"train-images-idx3-ubyte": 47040016, "train-labels-idx1-ubyte": 60008,
          "t10k-images-idx3-ubyte": 7840016, "t10k-labels-idx1-ubyte": 10008}
 N_TRAIN, N_TEST = 60_000, 10_000
@@ -125,8 +127,8 @@ def prepare(root=None, download=False):
 @functools.lru_cache(maxsize=4)
 def fingerprint(root=None):
     """sha256 over the four verified files' digests: identifies the data a result was computed on."""
-    root = prepare(root)
-    return hashlib.sha256("".join(SHA256[n] for n in sorted(SHA256)).encode()).hexdigest()[:16]
+    prepare(root)
+    return FINGERPRINT
 
 
 @dataclass(frozen=True)

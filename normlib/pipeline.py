@@ -9,6 +9,8 @@ Order of work, so that a bad request never leaves half a run behind:
 2. write results/run_manifest.json (what is about to run);
 3. execute notebooks/<name>.ipynb into book/notebooks/<name>.ipynb in _toc.yml order,
    stopping at the first error (the failed copy goes to results/failed/<name>.ipynb);
+   skipping a notebook whose executed copy is up to date: same source, parameters, normlib
+   code, data, package versions and device (see `stamp`; --rerun or --force execute it anyway);
 4. check every {glue} reference resolves, build the book into .build-tmp/ and only
    then swap it in as _build/.
 
@@ -24,6 +26,7 @@ Exit codes: 0 done, 1 a notebook or the book build failed, 2 bad request (nothin
 """
 import argparse
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -217,6 +220,53 @@ def plan(profile_name, profile, sets, declared, selected, force=False):
 
 
 # ----------------------------------------------------------------------------
+# up to date: a notebook is executed again only when something it depends on changed
+
+
+def environment_digest():
+    """What every notebook's outputs depend on besides its own source and parameters: normlib's
+    code, the data, the installed versions of the packages that compute and render the results,
+    and the device the trials would run on."""
+    from normlib import data as D
+    from normlib import provenance
+    from normlib.train import resolve_device
+
+    h = hashlib.sha256()
+    lib = Path(__file__).resolve().parent
+    for path in sorted(lib.rglob("*.py")) + sorted(lib.rglob("*.yaml")):
+        h.update(path.relative_to(lib).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update(json.dumps({"data": D.FINGERPRINT, "software": provenance.software_versions(),
+                         "device": resolve_device("auto")}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def stamp(source, parameters, environment):
+    """Digest of everything an executed notebook was computed from: the source notebook, the
+    injected parameters and the environment_digest(). Stored in the executed copy's metadata."""
+    h = hashlib.sha256(Path(source).read_bytes())
+    h.update(json.dumps(parameters, sort_keys=True, default=str).encode())
+    h.update(environment.encode())
+    return h.hexdigest()
+
+
+def always_execute(source):
+    """Why a notebook must run every time (source metadata normlab.always_execute), or None.
+
+    The procedure chapter reads the run manifest, which changes with every run."""
+    meta = json.loads(Path(source).read_text()).get("metadata", {})
+    return meta.get("normlab", {}).get("always_execute")
+
+
+def executed_stamp(dest):
+    """(stamp, when executed) recorded in an executed notebook, or (None, None)."""
+    try:
+        meta = json.loads(Path(dest).read_text()).get("metadata", {}).get("normlab", {})
+    except (OSError, ValueError):
+        return None, None
+    return meta.get("stamp"), meta.get("executed")
+
+
+# ----------------------------------------------------------------------------
 # running
 
 
@@ -280,8 +330,9 @@ def _source_cell_number(nb, index):
     return 1 + sum(1 for c in before if not set(c.get("metadata", {}).get("tags", [])) & set(skip))
 
 
-def execute(name, source, dest, failed_dir, parameters, kernel):
-    """Run one notebook with papermill; on success atomically place it at `dest`.
+def execute(name, source, dest, failed_dir, parameters, kernel, stamp=None):
+    """Run one notebook with papermill; on success atomically place it at `dest`, with
+    metadata normlab = {stamp, executed (time), seconds}.
 
     On failure the executed copy goes to failed_dir/<name>.ipynb, never to `dest`.
     """
@@ -299,6 +350,7 @@ def execute(name, source, dest, failed_dir, parameters, kernel):
             where = f" (executed copy: {failed})"
         return PipelineError(f"notebook {name} failed{reason}{where}", code=1)
 
+    started = datetime.datetime.now().astimezone()
     try:
         raised = None
         try:
@@ -320,6 +372,9 @@ def execute(name, source, dest, failed_dir, parameters, kernel):
             tags = cell.metadata.setdefault("tags", [])
             if "injected-parameters" in tags and "remove-cell" not in tags:
                 tags.append("remove-cell")  # MyST-NB ignores papermill's report mode
+        elapsed = (datetime.datetime.now().astimezone() - started).total_seconds()
+        nb.metadata["normlab"] = {"stamp": stamp, "executed": started.isoformat(timespec="seconds"),
+                                  "seconds": round(elapsed, 1)}
         nbformat.write(nb, tmp)
         os.replace(tmp, dest)
         failed.unlink(missing_ok=True)
@@ -471,7 +526,10 @@ def parse_args(argv):
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a parameter everywhere it is declared, or NB.NAME=VALUE for one notebook")
     ap.add_argument("--only", default=None, metavar="NB[,NB]", help="execute only these notebooks")
-    ap.add_argument("--force", action="store_true", help="recompute cached trials (force=True where declared)")
+    ap.add_argument("--force", action="store_true",
+                    help="recompute cached trials (force=True where declared) and execute every notebook")
+    ap.add_argument("--rerun", action="store_true",
+                    help="execute every notebook, even those up to date (finished trials are still reused)")
     ap.add_argument("--no-book", action="store_true", help="execute notebooks, do not build the book")
     ap.add_argument("--workers", type=int, default=None, help="set NORMLIB_WORKERS for the notebooks")
     ap.add_argument("--root", default=str(ROOT), help="repository root (default: this checkout)")
@@ -526,6 +584,14 @@ def prepare(args):
             P.check_writable(path, what)
         except P.ParameterError as e:
             raise PipelineError(str(e)) from None
+    environment = environment_digest()
+    stamps, reused = {}, {}
+    for n in selected:
+        source = nb_dir / f"{n}.ipynb"
+        stamps[n] = stamp(source, to_run[n], environment)
+        done, when = executed_stamp(book_nb_dir / f"{n}.ipynb")
+        if done == stamps[n] and not (args.force or args.rerun or always_execute(source)):
+            reused[n] = when
     manifest = {
         "profile": profile_name,
         "profile_path": str(profile_path),
@@ -534,7 +600,8 @@ def prepare(args):
         "only": selected if args.only else None,
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "git_commit": git_commit(root),
-        "notebooks": {n: {"injected": to_run[n], "declared": declared[n]} for n in selected},
+        "notebooks": {n: {"injected": to_run[n], "declared": declared[n], "stamp": stamps[n],
+                          "up_to_date_since": reused.get(n)} for n in selected},
     }
     return root, nb_dir, book_nb_dir, results, to_run, manifest
 
@@ -550,18 +617,25 @@ def run(args):
         os.environ["NORMLIB_WORKERS"] = str(args.workers)
     print(f"profile {manifest['profile']}" + (f": {manifest['description']}" if manifest["description"] else ""),
           flush=True)
-    t_all = time.perf_counter()
+    t_all, n_run = time.perf_counter(), 0
     for i, (name, parameters) in enumerate(to_run.items(), 1):
         print(f"[{i}/{len(to_run)}] {name} ...", end="", flush=True)
+        entry = manifest["notebooks"][name]
+        if entry["up_to_date_since"]:
+            print(f" up to date (executed {entry['up_to_date_since']})", flush=True)
+            continue
         t0 = time.perf_counter()
         try:
             execute(name, nb_dir / f"{name}.ipynb", book_nb_dir / f"{name}.ipynb", results / "failed",
-                    parameters, kernel)
+                    parameters, kernel, stamp=entry["stamp"])
         except PipelineError:
             print(" failed", flush=True)
             raise
+        n_run += 1
         print(f" done in {time.perf_counter() - t0:.1f} s", flush=True)
-    print(f"{len(to_run)} notebooks executed in {time.perf_counter() - t_all:.1f} s", flush=True)
+    print(f"{n_run} notebooks executed in {time.perf_counter() - t_all:.1f} s"
+          + (f", {len(to_run) - n_run} up to date (--rerun executes them all)" if n_run < len(to_run) else ""),
+          flush=True)
     if args.no_book:
         return
     missing = find_missing_glue_keys(root)

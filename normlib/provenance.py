@@ -17,7 +17,7 @@ import papermill
 import torch
 from papermill.translators import PythonTranslator
 
-from normlib.paths import ROOT, notebooks_dir, results_dir
+from normlib.paths import ROOT, executed_dir, notebooks_dir, results_dir
 
 PACKAGES = ("torch", "torchvision", "numpy", "scipy", "pandas", "matplotlib", "seaborn", "jupyter-book", "myst-nb",
             "papermill")
@@ -70,6 +70,17 @@ def manifest_applies(manifest, notebook, params):
     return entry is not None and all(params.get(k) == v for k, v in _injected(entry).items())
 
 
+def reused_note(manifest):
+    """A sentence naming the notebooks the pipeline did not execute again because they were up to
+    date (their outputs come from an earlier run), or "" when it executed them all."""
+    reused = {n: e["up_to_date_since"] for n, e in manifest.get("notebooks", {}).items()
+              if isinstance(e, dict) and e.get("up_to_date_since")}
+    if not reused:
+        return ""
+    return (" Unchanged since an earlier run (same source, parameters, code, data and software), and so "
+            "not executed again: " + ", ".join(f"{n} (executed {t})" for n, t in reused.items()) + ".")
+
+
 def toc_order():
     """Notebook names in book order (_toc.yml), for those whose source exists."""
     from normlib.pipeline import toc_notebooks
@@ -95,3 +106,47 @@ def notebook_parameters(manifest=None):
         if rows:
             tables[name] = pd.DataFrame(rows)
     return tables
+
+
+# ----------------------------------------------------------------------------
+# cost: how long the notebooks took, and the benchmark's measurements (the cost appendix)
+
+
+def notebook_times(manifest=None, exclude=()):
+    """One row per notebook of the book (in order, those in `exclude` left out): the seconds its last
+    execution took and when it ran (recorded by the pipeline in the executed notebook's metadata),
+    and what this run did with it: "executed", "reused" (up to date), or "not in this run"."""
+    rows = []
+    listed = (manifest or {}).get("notebooks", {})
+    for name in toc_order():
+        if name in exclude:
+            continue
+        try:
+            meta = json.loads((executed_dir() / f"{name}.ipynb").read_text()).get("metadata", {}).get("normlab", {})
+        except (OSError, ValueError):
+            meta = {}
+        entry = listed.get(name)
+        status = "not in this run" if not isinstance(entry, dict) else (
+            "reused" if entry.get("up_to_date_since") else "executed")
+        rows.append({"notebook": name, "seconds": float(meta.get("seconds", float("nan"))),
+                     "executed at": meta.get("executed") or "never", "this run": status})
+    return pd.DataFrame(rows, columns=["notebook", "seconds", "executed at", "this run"])
+
+
+def load_benchmark(path=None):
+    """The numbers benchmarks/bench.py wrote (results/benchmark.json), or None when it has not run."""
+    try:
+        report = json.loads(Path(path or results_dir() / "benchmark.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and isinstance(report.get("results"), dict) else None
+
+
+def benchmark_table(report):
+    """One row per benchmark measurement: ours, the reference, the ratio, the target and whether it held."""
+    rows = [{"measurement": name, "ours": r["ours"], "reference": r["reference"], "unit": r.get("unit", ""),
+             "ratio": r["ratio"], "target": f"{r['target_op']} {r['target']:g}",
+             "holds": "yes" if r["holds"] else "no", "what": r.get("note", "")}
+            for name, r in report["results"].items()]
+    return pd.DataFrame(rows)
+

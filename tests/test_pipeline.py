@@ -116,7 +116,7 @@ def test_set_values_are_yaml_with_numeric_exponents():
 def test_toc_order_of_the_real_book():
     names = pipeline.toc_notebooks(REPO)
     assert names[:3] == ["procedure", "implementation_check", "step1_bn_training"]
-    assert names[-1] == "study_claims" and len(names) == 13
+    assert names[-2:] == ["study_claims", "cost"] and len(names) == 14  # cost runs last: it reports the others
 
 
 @pytest.mark.parametrize("profile", ["quick", "default", "full"])
@@ -233,3 +233,73 @@ def test_missing_glue_key_stops_before_the_book(book):
     assert proc.returncode == 1
     assert "error: book/intro.md: glue key 'nothing' is not defined in book/notebooks/beta.ipynb" in proc.stderr
     assert not (book / "_build").exists()
+
+
+# ----------------------------------------------------------------------------
+# up to date: unchanged notebooks are not executed again
+
+
+def _mtimes(root):
+    return {p.name: p.stat().st_mtime_ns for p in (root / "book" / "notebooks").glob("*.ipynb")}
+
+
+@pytest.mark.slow
+def test_unchanged_notebooks_are_not_executed_again(book):
+    first = run_pipeline(book, "--no-book")
+    assert first.returncode == 0, first.stdout + first.stderr
+    executed = _mtimes(book)
+    stamp = nbformat.read(book / "book" / "notebooks" / "alpha.ipynb", as_version=4).metadata["normlab"]
+    assert len(stamp["stamp"]) == 64 and stamp["seconds"] >= 0
+
+    again = run_pipeline(book)  # nothing changed: no kernel starts, the book still builds
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"[1/2] alpha ... up to date (executed {stamp['executed']})" in again.stdout
+    assert "0 notebooks executed" in again.stdout and "2 up to date" in again.stdout
+    assert _mtimes(book) == executed
+    assert (book / "_build" / "html" / "book" / "notebooks" / "alpha.html").exists()
+    manifest = json.loads((book / "results" / "run_manifest.json").read_text())
+    assert manifest["notebooks"]["alpha"]["up_to_date_since"] == stamp["executed"]
+
+    # a changed parameter re-executes that notebook only
+    changed = run_pipeline(book, "--no-book", "--set", "beta.epochs=3")
+    assert "[1/2] alpha ... up to date" in changed.stdout and "[2/2] beta ... done in" in changed.stdout
+    assert json.loads((book / "results" / "run_manifest.json").read_text())["notebooks"]["beta"]["up_to_date_since"] is None
+    # so does a changed source notebook, and --rerun / --force re-execute everything
+    nb = nbformat.read(book / "notebooks" / "alpha.ipynb", as_version=4)
+    nb.cells.append(new_markdown_cell("One more paragraph."))
+    nbformat.write(nb, book / "notebooks" / "alpha.ipynb")
+    edited = run_pipeline(book, "--no-book", "--set", "beta.epochs=3")
+    assert "[1/2] alpha ... done in" in edited.stdout and "[2/2] beta ... up to date" in edited.stdout
+    for flag in ("--rerun", "--force"):
+        proc = run_pipeline(book, "--no-book", "--set", "beta.epochs=3", flag)
+        assert proc.stdout.count("done in") == 2 and "up to date" not in proc.stdout, (flag, proc.stdout)
+
+
+@pytest.mark.slow
+def test_a_notebook_marked_always_execute_runs_every_time(book):
+    nb = nbformat.read(book / "notebooks" / "beta.ipynb", as_version=4)
+    nb.metadata["normlab"] = {"always_execute": "it reads the run manifest"}
+    nbformat.write(nb, book / "notebooks" / "beta.ipynb")
+    for _ in range(2):
+        proc = run_pipeline(book, "--no-book")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[1/2] alpha ... up to date" in proc.stdout and "[2/2] beta ... done in" in proc.stdout
+
+
+def test_stamp_changes_with_source_parameters_and_environment(tmp_path):
+    source = tmp_path / "nb.ipynb"
+    source.write_text("{}")
+    base = pipeline.stamp(source, {"epochs": 1}, "env")
+    assert base == pipeline.stamp(source, {"epochs": 1}, "env")
+    assert base != pipeline.stamp(source, {"epochs": 2}, "env")
+    assert base != pipeline.stamp(source, {"epochs": 1}, "other env")
+    source.write_text("{ }")
+    assert base != pipeline.stamp(source, {"epochs": 1}, "env")
+
+
+def test_environment_digest_covers_the_device(monkeypatch):
+    from normlib import train
+    before = pipeline.environment_digest()
+    assert before == pipeline.environment_digest()
+    monkeypatch.setattr(train, "resolve_device", lambda device: "cuda")
+    assert pipeline.environment_digest() != before
