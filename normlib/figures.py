@@ -1,12 +1,16 @@
 """Figures for the report: functions of tables, one palette for the whole book.
 
 Every figure has labelled axes (with units), a legend, 95% seed bands where there are
-seeds, and a white background so it stays readable in the book's dark mode. Each
+seeds (Student-t intervals of the mean, the same as the tables': seed_band), and a white background so it stays readable in the book's dark mode. Each
 function returns the matplotlib Figure (glue the Figure, then close it).
 """
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import seaborn as sns
+from scipy import stats
+
+from normlib.metrics import mean_ci, metric_bounds
 
 NORM_COLORS = {"none": "#6e6e6e", "batch": "#1f77b4", "layer": "#ff7f0e", "weight": "#2ca02c",
                "group": "#9467bd", "batch+layer": "#d62728"}
@@ -42,25 +46,59 @@ def _legend(fig, ax):
                ncol=len(labels), bbox_to_anchor=(0.5, 1.02), title=None)
 
 
+def seed_band(frame, x, y, hue="norm", level=0.95):
+    """Per (hue, x) value: the mean of y over the rows (the seeds) and its Student-t interval, the
+    interval metrics.mean_ci gives for the same values, clipped to metrics.metric_bounds(y). Non-finite
+    values (a diverged run) are left out; a single value has no band. Vectorized: per-step curves of
+    thousands of points take milliseconds (seaborn's bootstrap took minutes)."""
+    d = frame[[hue, x, y]].copy()
+    d[y] = pd.to_numeric(d[y], errors="coerce")
+    d = d[np.isfinite(d[y])]
+    out = d.groupby([hue, x], sort=False)[y].agg(["mean", "std", "count"]).reset_index()
+    out = out.sort_values([hue, x], kind="stable", key=lambda c: c if c.name == x else c.map(
+        {h: i for i, h in enumerate(dict.fromkeys(frame[hue]))}))
+    n = out["count"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf(0.5 + level / 2, np.where(n > 1, n - 1, np.nan)) * out["std"].to_numpy() / np.sqrt(n)
+    low, high = metric_bounds(y) or (-np.inf, np.inf)
+    out["lo"] = np.clip(out["mean"] - half, low, high)
+    out["hi"] = np.clip(out["mean"] + half, low, high)
+    return out
+
+
+def _band_plot(ax, frame, x, y, hue="norm", marker=None):
+    """One line per hue value (mean over seeds) with its 95% band (seed_band), in the book's colours."""
+    band = seed_band(frame, x, y, hue)
+    for name, g in band.groupby(hue, sort=False):
+        color = NORM_COLORS.get(name, "#333333")
+        ax.plot(g[x], g["mean"], color=color, label=name, marker=marker, markersize=4 if marker else None, lw=1.6)
+        if g["lo"].notna().any():
+            ax.fill_between(g[x], g["lo"], g["hi"], color=color, alpha=0.2, lw=0)
+
+
+def _finish(fig, axes, top):
+    """The shared legend above the panels (norm names spelled out) and the layout."""
+    _legend(fig, axes[0])
+    for ax in axes[1:]:
+        if ax.get_legend():
+            ax.get_legend().remove()
+    fig.tight_layout(rect=(0, 0, 1, top))
+    return fig
+
+
 def curves(frame, y, *, x="epoch", col="arch", hue="norm", logy=False, title=None):
     """Mean curve per condition with a 95% band across seeds, one panel per `col` value."""
     panels = list(dict.fromkeys(frame[col])) if col else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     for ax, panel in zip(axes[0], panels):
-        data = frame if panel is None else frame[frame[col] == panel]
-        sns.lineplot(data=data, x=x, y=y, hue=hue, palette=palette(data[hue].unique()),
-                     errorbar=("ci", 95), ax=ax, marker="o" if x == "epoch" else None, markersize=4)
+        _band_plot(ax, frame if panel is None else frame[frame[col] == panel], x, y, hue,
+                   marker="o" if x == "epoch" else None)
         ax.set_xlabel({"epoch": "epoch (passes over the training set)", "step": "step (mini-batches)"}.get(x, x))
         ax.set_ylabel(METRIC_LABELS.get(y, y))
         ax.set_title(ARCH_LABELS.get(panel, panel) if panel is not None else (title or ""))
         if logy:
             ax.set_yscale("log")
-    _legend(fig, axes[0][0])
-    for ax in axes[0][1:]:
-        if ax.get_legend():
-            ax.get_legend().remove()
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    return fig
+    return _finish(fig, axes[0], 0.93)
 
 
 def intervals(summary, metric, *, col="arch", hue="norm", xlabel=None):
@@ -90,25 +128,24 @@ def sweep(frame, x, y, *, hue="norm", logx=True, xlabel=None, ylabel=None, diver
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 3.9), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         d = frame if panel is None else frame[frame[col] == panel]
-        sns.lineplot(data=d, x=x, y=y, hue=hue, palette=palette(d[hue].unique()), errorbar=("ci", 95),
-                     marker="o", ax=ax)
-        if diverged is not None and d[diverged].any():
-            bad = d[d[diverged]]
-            top = d[y].max() if d[y].notna().any() else 1.0
-            for norm, g in bad.groupby(hue):
-                ax.scatter(g[x], [top] * len(g), marker="x", s=70, color=NORM_COLORS.get(norm, "#333"),
-                           label=f"{NORM_LABELS.get(norm, norm)} diverged", zorder=5)
+        _band_plot(ax, d, x, y, hue, marker="o")
+        _mark_diverged(ax, d, x, y, hue, diverged)
         if logx:
             ax.set_xscale("log", base=2 if x == "batch_size" else 10)
         ax.set_xlabel(xlabel or x)
         ax.set_ylabel(ylabel or METRIC_LABELS.get(y, y))
         ax.set_title(ARCH_LABELS.get(panel, panel) if panel is not None else "")
-    _legend(fig, axes[0][0])
-    for ax in axes[0][1:]:
-        if ax.get_legend():
-            ax.get_legend().remove()
-    fig.tight_layout(rect=(0, 0, 1, 0.92))
-    return fig
+    return _finish(fig, axes[0], 0.92)
+
+
+def _mark_diverged(ax, frame, x, y, hue, diverged):
+    """Diverged runs (bool column `diverged`) as an x at the top of the panel, at their x value."""
+    if diverged is None or not frame[diverged].any():
+        return
+    top = frame[y].max() if frame[y].notna().any() else 1.0
+    for norm, g in frame[frame[diverged]].groupby(hue):
+        ax.scatter(g[x], [top] * len(g), marker="x", s=70, color=NORM_COLORS.get(norm, "#333"),
+                   label=f"{NORM_LABELS.get(norm, norm)} diverged", zorder=5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,30 +166,20 @@ def _label(name):
     return STUDY_LABELS.get(name, METRIC_LABELS.get(name, name))
 
 
-def panels(frame, x, ys, *, hue="norm", logx=False, logy=(), diverged=None, errorbar=("ci", 95)):
+def panels(frame, x, ys, *, hue="norm", logx=False, logy=(), diverged=None):
     """One panel per metric in ys: the metric against x per condition, mean and 95% band over seeds.
     logy: metrics drawn on a log scale; diverged: a bool column, diverged runs marked x at the panel top."""
     fig, axes = plt.subplots(1, len(ys), figsize=(4.8 * len(ys), 3.9), squeeze=False)
     for ax, y in zip(axes[0], ys):
-        sns.lineplot(data=frame, x=x, y=y, hue=hue, palette=palette(frame[hue].unique()), errorbar=errorbar,
-                     marker="o" if x != "step" else None, markersize=5, ax=ax)
-        if diverged is not None and frame[diverged].any():
-            top = frame[y].max() if frame[y].notna().any() else 1.0
-            for norm, g in frame[frame[diverged]].groupby(hue):
-                ax.scatter(g[x], [top] * len(g), marker="x", s=70, color=NORM_COLORS.get(norm, "#333"),
-                           label=f"{NORM_LABELS.get(norm, norm)} diverged", zorder=5)
+        _band_plot(ax, frame, x, y, hue, marker="o" if x != "step" else None)
+        _mark_diverged(ax, frame, x, y, hue, diverged)
         if logx:
             ax.set_xscale("log", base=2 if x == "batch_size" else 10)
         if y in logy:
             ax.set_yscale("log")
         ax.set_xlabel(_label(x))
         ax.set_ylabel(_label(y))
-    _legend(fig, axes[0][0])
-    for ax in axes[0][1:]:
-        if ax.get_legend():
-            ax.get_legend().remove()
-    fig.tight_layout(rect=(0, 0, 1, 0.88))
-    return fig
+    return _finish(fig, axes[0], 0.88)
 
 
 def percentile_traces(frame, *, col="norm"):
@@ -177,7 +204,7 @@ def percentile_traces(frame, *, col="norm"):
 
 
 def points(frame, x, y, *, hue="norm", col=None, order=None, logy=False):
-    """Each seed as a dot and the mean with its 95% CI (seaborn pointplot), per x category and hue,
+    """Each seed as a dot and the mean with its 95% Student-t CI (seaborn pointplot), per x category and hue,
     one panel per col value."""
     panels_ = list(dict.fromkeys(frame[col])) if col else [None]
     width = max(4.6, 2.0 * frame[x].nunique())
@@ -188,8 +215,8 @@ def points(frame, x, y, *, hue="norm", col=None, order=None, logy=False):
         kw = dict(data=d, x=x, y=y, hue=hue, hue_order=hues, order=order, palette=palette(hues), ax=ax)
         sns.stripplot(**kw, dodge=len(hues) > 1 and hue != x, alpha=0.6, size=5, legend=False)
         dodge = 0.8 - 0.8 / len(hues) if len(hues) > 1 and hue != x else False  # centred on the strips' columns
-        sns.pointplot(**kw, dodge=dodge, errorbar=("ci", 95), linestyle="none",
-                      capsize=0.1, marker="D")
+        sns.pointplot(**kw, dodge=dodge, errorbar=lambda v: mean_ci(v, bounds=metric_bounds(y))[1:],
+                      linestyle="none", capsize=0.1, marker="D")  # the tables' Student-t interval
         ax.set_xlabel(_label(x))
         ax.set_ylabel(_label(y))
         ax.set_title(str(panel) if panel is not None else "")
@@ -205,6 +232,24 @@ def points(frame, x, y, *, hue="norm", col=None, order=None, logy=False):
         if ax.get_legend():
             ax.get_legend().remove()
     fig.tight_layout(rect=(0, 0, 1, 0.9) if hue != x else None)
+    return fig
+
+
+def notebook_times(times):
+    """Horizontal bars: seconds per notebook (rows of provenance.notebook_times), coloured by what
+    this run did with it (executed or reused)."""
+    colors = {"executed": "#1f77b4", "reused": "#9e9e9e", "not in this run": "#d9d9d9"}
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 + 0.32 * max(len(times), 1)))
+    y = np.arange(len(times))
+    ax.barh(y, times["seconds"].fillna(0), color=[colors.get(s, "#333") for s in times["this run"]])
+    ax.set_yticks(y, times["notebook"])
+    ax.invert_yaxis()
+    ax.set_xlabel("execution time (seconds)")
+    for status, color in colors.items():
+        if (times["this run"] == status).any():
+            ax.barh([], [], color=color, label=f"{status} in this run" if status != "not in this run" else status)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
     return fig
 
 

@@ -163,6 +163,7 @@ RULES = {
     "unit": nonneg_int,                 # study_activation_drift
     "multipliers": list_of(positive_float, "positive numbers"),  # study_landscape: probe step sizes
     "probe_every": positive_int,        # study_landscape
+    "show_benchmark": boolean,          # cost: show results/benchmark.json when it exists
 }
 
 

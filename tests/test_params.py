@@ -39,6 +39,7 @@ BAD = [
     ("workers", -1, "parameter 'workers' = -1: must be a non-negative integer"),
     ("force", "yes", "parameter 'force' = 'yes': must be true or false"),
     ("force", 1, "parameter 'force' = 1: must be true or false"),
+    ("show_benchmark", "no", "parameter 'show_benchmark' = 'no': must be true or false"),
     ("split_seed", 1.5, "parameter 'split_seed' = 1.5: must be a non-negative integer"),
     ("evals_per_epoch", 0, "parameter 'evals_per_epoch' = 0: must be a positive integer"),
     ("repeats", 0, "parameter 'repeats' = 0: must be a positive integer"),
