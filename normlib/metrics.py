@@ -8,6 +8,7 @@ conditions: Welch's t-test with Hedges' g. A verdict names a winner only when th
 intervals do not overlap; otherwise it is a tie (the difference is not established).
 """
 import math
+import re
 import warnings
 
 import numpy as np
@@ -74,8 +75,23 @@ def trials_table(histories, keys=("arch", "norm", "seed"), **targets):
     return pd.DataFrame(rows)
 
 
-def mean_ci(values, level=0.95):
-    """(mean, lo, hi) with a Student-t interval; NaNs dropped; (nan, nan, nan) if empty, no interval for n=1."""
+def metric_bounds(metric):
+    """The values a metric can take, by its name: accuracies and error rates lie in [0, 1]; losses,
+    step counts, volatilities, spreads and gradient norms are non-negative; anything else: None."""
+    name = str(metric)
+    if re.search(r"(^|_)(acc|error)(_|$)", name):
+        return 0.0, 1.0
+    if re.search(r"(^|_)(loss|steps|volatility|cv|sd|norm|epochs|range|beta)(_|$)", name):
+        return 0.0, math.inf
+    return None
+
+
+def mean_ci(values, level=0.95, bounds=None):
+    """(mean, lo, hi) with a Student-t interval; NaNs dropped; (nan, nan, nan) if empty, no interval for n=1.
+
+    bounds=(low, high), e.g. metric_bounds(name): the interval is clipped to the values the metric can
+    take (two accuracies of 0.9 and 1.0 give a t interval reaching past 100%). Clipping never changes
+    whether two intervals overlap, as both means lie inside the bounds."""
     x = np.asarray([v for v in values if v is not None], dtype=float)
     x = x[np.isfinite(x)]
     if len(x) == 0:
@@ -84,7 +100,10 @@ def mean_ci(values, level=0.95):
     if len(x) == 1:
         return m, float("nan"), float("nan")
     half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, m - half, m + half
+    lo, hi = m - half, m + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return m, lo, hi
 
 
 def summarize(table, by, metrics, level=0.95):
@@ -94,7 +113,7 @@ def summarize(table, by, metrics, level=0.95):
         key = key if isinstance(key, tuple) else (key,)
         for metric in metrics:
             vals = g[metric].tolist()
-            m, lo, hi = mean_ci(vals, level)
+            m, lo, hi = mean_ci(vals, level, metric_bounds(metric))
             n = sum(v is not None and np.isfinite(float(v)) for v in vals)
             rows.append({**dict(zip(by, key)), "metric": metric, "mean": m, "lo": lo, "hi": hi, "n": n,
                          "n_trials": len(vals)})
@@ -122,12 +141,12 @@ def welch(a, b):
 MIN_SEEDS = 3  # fewer finite values per condition than this: no verdict, the difference is not established
 
 
-def verdict(a, b, names=("A", "B"), higher_is_better=False, level=0.95):
+def verdict(a, b, names=("A", "B"), higher_is_better=False, level=0.95, bounds=None):
     """Which of two samples is better: a name, or "tie" when the 95% intervals overlap or either has
     fewer than MIN_SEEDS finite values (two seeds that happen to agree give a zero-width interval,
     which is no evidence). Returns (winner, details): both means/intervals and the Welch test."""
-    ma, loa, hia = mean_ci(a, level)
-    mb, lob, hib = mean_ci(b, level)
+    ma, loa, hia = mean_ci(a, level, bounds)
+    mb, lob, hib = mean_ci(b, level, bounds)
     test = welch(a, b)
     details = {"mean_a": ma, "lo_a": loa, "hi_a": hia, "mean_b": mb, "lo_b": lob, "hi_b": hib, **test}
     too_few = min(test["n_a"], test["n_b"]) < MIN_SEEDS
@@ -208,7 +227,7 @@ def compare_conditions(table, conditions, arch, criteria=CRITERIA, level=0.95):
         row = {"criterion": criterion, "metric": metric, "measures": what, "higher_is_better": higher,
                "winner": winner, "best_by_mean": best, "tied_with_best": ", ".join(tied)}
         for c in conditions:
-            m, lo, hi = mean_ci(samples[c], level)
+            m, lo, hi = mean_ci(samples[c], level, metric_bounds(metric))
             row.update({f"{c}_mean": m, f"{c}_lo": lo, f"{c}_hi": hi})
         others = [c for c in conditions if c != best and any(np.isfinite(samples[c]))]
         if best is not None and others:
@@ -254,7 +273,7 @@ def head_to_head(table, a, b, arch, criteria=CRITERIA, level=0.95):
     t = table[table["arch"] == arch]
     for criterion, metric, what, higher in criteria:
         sa, sb = (t.loc[t["norm"] == c, metric].tolist() for c in (a, b))
-        winner, d = verdict(sa, sb, (a, b), higher_is_better=higher, level=level)
+        winner, d = verdict(sa, sb, (a, b), higher_is_better=higher, level=level, bounds=metric_bounds(metric))
         diff, lo, hi = welch_ci(sa, sb, level)
         rows.append({"criterion": criterion, "metric": metric, "measures": what, "higher_is_better": higher,
                      "winner": winner, f"{a}_mean": d["mean_a"], f"{a}_lo": d["lo_a"], f"{a}_hi": d["hi_a"],

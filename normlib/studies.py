@@ -28,7 +28,7 @@ from normlib import probes
 from normlib.data import fingerprint
 from normlib.figures import NORM_LABELS
 from normlib.grid import code_version, default_workers, exit_with_parent, write_atomic
-from normlib.metrics import format_ci, mean_ci, trials_table, verdict
+from normlib.metrics import format_ci, mean_ci, metric_bounds, trials_table, verdict
 from normlib.params import ParameterError, validate
 from normlib.paths import results_dir
 from normlib.probes import Trial, trial
@@ -96,7 +96,7 @@ def sweep_summary(table, x, metric):
     """Per (norm, x): mean and 95% CI of metric across seeds, and how many seeds diverged."""
     rows = []
     for (norm, value), g in table.groupby(["norm", x], sort=False):
-        m, lo, hi = mean_ci(g[metric].tolist())
+        m, lo, hi = mean_ci(g[metric].tolist(), bounds=metric_bounds(metric))
         rows.append({"norm": norm, x: value, "mean": m, "lo": lo, "hi": hi, "n_seeds": len(g),
                      "n_diverged": int(g["diverged"].sum())})
     return pd.DataFrame(rows)
@@ -168,7 +168,9 @@ def list_text(values, fmt="{:g}"):
 
 
 def ci_text(values, fmt="{:.3f}"):
-    return format_ci(*mean_ci(values), fmt)
+    """'mean [lo, hi]' across seeds; a percentage format marks a fraction (accuracy, error rate), whose
+    interval is clipped to [0, 1]."""
+    return format_ci(*mean_ci(values, bounds=(0.0, 1.0) if fmt.endswith("%}") else None), fmt)
 
 
 def batch_size_findings(table, metric="val_error"):

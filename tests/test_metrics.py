@@ -5,6 +5,7 @@ of runs that never reach the target in criteria_trials."""
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -268,3 +269,16 @@ def test_verdict_needs_min_seeds_even_for_zero_width_intervals():
     assert metrics.verdict([8, 8], [11, 11], ("a", "b"))[0] == "tie"
     assert metrics.verdict([8, 8, 8], [11, 11, 11], ("a", "b"))[0] == "a"
     assert metrics.verdict([0.90, 0.91, 0.92], [0.80, 0.81, 0.82], ("a", "b"), higher_is_better=True)[0] == "a"
+
+
+def test_intervals_are_clipped_to_the_values_a_metric_can_take():
+    m, lo, hi = metrics.mean_ci([0.9, 1.0], bounds=metrics.metric_bounds("test_acc"))
+    assert m == pytest.approx(0.95) and hi == 1.0 and 0 < lo < 0.9  # unclipped: 0.95 +- 0.635
+    m, lo, hi = metrics.mean_ci([0.01, 0.5], bounds=metrics.metric_bounds("final_val_loss"))
+    assert lo == 0.0 and hi > 0.5
+    assert metrics.mean_ci([0.9, 1.0])[2] > 1  # no bounds: the plain t interval
+    assert metrics.metric_bounds("val_error") == (0, 1) and metrics.metric_bounds("best_val_acc") == (0, 1)
+    assert metrics.metric_bounds("steps_to_loss")[0] == 0 and metrics.metric_bounds("seed") is None
+    table = pd.DataFrame({"arch": "mlp", "norm": ["batch", "batch"], "test_acc": [0.9, 1.0]})
+    row = metrics.summarize(table, ["arch", "norm"], ["test_acc"]).iloc[0]
+    assert row["hi"] == 1.0 and row["lo"] < 0.9
