@@ -20,7 +20,6 @@ in this file and in the trainer's files, so their digest keys the result cache (
 """
 import copy
 import math
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -30,8 +29,8 @@ from torch import nn
 
 from normlib.data import load_fashion_mnist
 from normlib.models import build_model
-from normlib.norms import data_dependent_init, make_norm
-from normlib.train import History, TrainConfig, evaluate, make_optimizer, resolve_device, set_seed, train
+from normlib.norms import make_norm
+from normlib.train import TrainConfig, evaluate, train
 
 QUANTILES = (0.15, 0.5, 0.85)
 
@@ -161,7 +160,7 @@ class EvalProbe:
 
 
 # ---------------------------------------------------------------------------------------------
-# the network with batch norm and layer norm in every block (the tutorial's claim 2), and its trainer
+# the network with batch norm and layer norm in every block (the tutorial's claim 2); train(build=...) trains it
 
 def build_batch_layer_model(config):
     """The config's MLP with norm="batch", and a layer norm right after every batch norm."""
@@ -184,78 +183,6 @@ def build_standard_model(config):
 
 
 MODELS = {"standard": build_standard_model, "batch+layer": build_batch_layer_model}
-
-
-def fit(config, build, data=None, *, hooks=()):
-    """normlib.train.train for a network that build(config) makes (train() builds only the
-    standard ones): the same data, seeding, batches, evaluations and History, step for step.
-    tests/test_studies.py checks that it reproduces train() exactly on a standard network."""
-    t0 = time.perf_counter()
-    device = resolve_device(config.device)
-    data = data or load_fashion_mnist(val_size=config.val_size, split_seed=config.split_seed,
-                                      train_size=config.train_size)
-    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-    x_val, y_val = data.x_val.to(device), data.y_val.to(device)
-    set_seed(config.seed)
-    model = build(config).to(device)
-    if config.data_init:  # as train(): one batch of 512 training images sets weight norm's g and b
-        with torch.no_grad():
-            data_dependent_init(model, x_train[:512])
-    opt = make_optimizer(config, model.parameters())
-    gen = torch.Generator().manual_seed(config.seed)
-    n, bs = len(x_train), config.batch_size
-    steps_per_epoch = n // bs
-    total = steps_per_epoch * config.epochs
-    if config.max_steps:
-        total = min(total, config.max_steps)
-    eval_at = {round(steps_per_epoch * k / config.evals_per_epoch)
-               for k in range(1, config.evals_per_epoch * config.epochs + 1)} | {total}
-    hist = History(config=config.to_dict(), steps_per_epoch=steps_per_epoch, device=device)
-    run = dict(loss=0.0, correct=0, count=0, steps=0)
-    step = 0
-    model.train()
-    while step < total and not hist.diverged:
-        perm = torch.randperm(n, generator=gen).to(device)
-        for i in range(steps_per_epoch):
-            idx = perm[i * bs:(i + 1) * bs]
-            logits = model(x_train[idx])
-            loss = F.cross_entropy(logits, y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.linalg.vector_norm(
-                torch.stack(torch._foreach_norm([p.grad for p in model.parameters() if p.grad is not None])))
-            loss_v, gnorm_v = torch.stack([loss.detach(), grad_norm]).tolist()
-            step += 1
-            hist.step_loss.append(loss_v)
-            hist.step_grad_norm.append(gnorm_v)
-            if not (math.isfinite(loss_v) and math.isfinite(gnorm_v)):
-                hist.diverged, hist.diverged_step = True, step
-                break
-            if config.schedule == "cosine":
-                for group in opt.param_groups:
-                    group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
-            opt.step()
-            for hook in hooks:
-                hook(step, model)
-            run["loss"] += loss_v
-            run["correct"] += (logits.argmax(1) == y_train[idx]).sum().item()
-            run["count"] += len(idx)
-            run["steps"] += 1
-            if step in eval_at:
-                val_loss, val_acc = evaluate(model, x_val, y_val)
-                hist.eval_step.append(step)
-                hist.eval_epoch.append(step / steps_per_epoch)
-                hist.train_loss.append(run["loss"] / run["steps"])
-                hist.train_acc.append(run["correct"] / run["count"])
-                hist.val_loss.append(val_loss)
-                hist.val_acc.append(val_acc)
-                run = dict(loss=0.0, correct=0, count=0, steps=0)
-            if step >= total:
-                break
-    if not hist.diverged:
-        hist.test_loss, hist.test_acc = evaluate(model, data.x_test.to(device), data.y_test.to(device))
-    hist.wall_time = time.perf_counter() - t0
-    return hist
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,5 +232,5 @@ def run_trial(t):
     c = t.config
     data = load_fashion_mnist(val_size=c.val_size, split_seed=c.split_seed, train_size=c.train_size)
     hooks = [PROBES[t.probe](c, data, dict(t.options))] if t.probe else []
-    hist = train(c, data, hooks=hooks) if t.model == "standard" else fit(c, MODELS[t.model], data, hooks=hooks)
+    hist = train(c, data, hooks=hooks, build=None if t.model == "standard" else MODELS[t.model])
     return hist, (hooks[0].result() if hooks else {})

@@ -171,10 +171,12 @@ def make_optimizer(config, params):
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def train(config, data=None, *, hooks=(), progress=False):
+def train(config, data=None, *, hooks=(), progress=False, build=None):
     """Train one model from scratch and return its History.
     data: Splits (default: load_fashion_mnist with the config's split); hooks: callables
-    hook(step, model) run after every optimizer step (studies use them to probe the model)."""
+    hook(step, model) run after every optimizer step (studies use them to probe the model);
+    build: build(config) -> nn.Module for a network build_model does not make (a study's variant),
+    created at the same point of the seeded sequence, so the rest of the run is unchanged."""
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     t0 = time.perf_counter()
@@ -184,9 +186,13 @@ def train(config, data=None, *, hooks=(), progress=False):
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
     set_seed(config.seed)
-    model = build_model(config.arch, config.norm, impl=config.impl, activation=config.activation,
-                        norm_position=config.norm_position, hidden=config.hidden, channels=config.channels,
-                        init_scale=config.init_scale).to(device)
+    if build is None:
+        model = build_model(config.arch, config.norm, impl=config.impl, activation=config.activation,
+                            norm_position=config.norm_position, hidden=config.hidden, channels=config.channels,
+                            init_scale=config.init_scale)
+    else:
+        model = build(config)
+    model = model.to(device)
     if config.data_init:  # one batch of 512 training images sets g and b (Salimans & Kingma 2016, sec. 3)
         with torch.no_grad():
             data_dependent_init(model, x_train[:512])

@@ -41,13 +41,13 @@ def small(**kw):
 
 
 # ---------------------------------------------------------------------------------------------
-# the trainer for networks train() does not build
+# train(build=...): networks build_model does not make
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 @pytest.mark.parametrize("norm", ["none", "batch"])
-def test_fit_reproduces_train(norm, schedule):
+def test_a_build_hook_making_the_standard_network_reproduces_train(norm, schedule):
     data, config = fake_data(), small(norm=norm, schedule=schedule)
-    a, b = train(config, data), probes.fit(config, probes.build_standard_model, data)
+    a, b = train(config, data), train(config, data, build=probes.build_standard_model)
     for name in ("step_loss", "step_grad_norm", "eval_step", "train_loss", "train_acc", "val_loss", "val_acc"):
         assert getattr(a, name) == getattr(b, name), name
     assert (a.test_loss, a.test_acc, a.diverged) == (b.test_loss, b.test_acc, b.diverged)
@@ -66,8 +66,10 @@ def test_batch_layer_model_puts_a_layer_norm_after_every_batch_norm():
         probes.build_batch_layer_model(small(norm="batch", arch="cnn"))
 
 
-def test_fit_trains_the_batch_layer_network():
-    hist = probes.fit(small(norm="batch", epochs=3), probes.build_batch_layer_model, fake_data())
+def test_train_with_a_build_hook_trains_the_batch_layer_network():
+    data, config = fake_data(), small(norm="batch", epochs=3)
+    hist = train(config, data, build=probes.build_batch_layer_model)
+    assert hist.step_loss != train(config, data).step_loss  # the hook's network trained, not the standard one
     assert not hist.diverged and len(hist.step_loss) == 3 * 8
     assert hist.step_loss[-1] < hist.step_loss[0]
 
