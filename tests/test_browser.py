@@ -330,12 +330,23 @@ def test_every_figure_and_image_is_shown(site, visits):
 
 
 def test_pages_need_nothing_from_the_internet(site, visits):
-    """The book must read the same offline (and in CI, which has no internet).
-    Known gap, allowed explicitly: MathJax comes from Sphinx's CDN default (math renders only online)."""
+    """The book must read the same offline (and in CI, which has no internet): MathJax included."""
     base, html, pages = site
-    allowed = (base, "data:", "blob:", "about:", "https://cdn.jsdelivr.net/npm/mathjax@3/")
+    allowed = (base, "data:", "blob:", "about:")
     report([f"{page}: loads {u}" for page, (info, seen) in visits.items()
             for u in dict.fromkeys(seen["requested"]) if not u.startswith(allowed)])
+
+
+def test_math_is_typeset_by_the_local_mathjax(site, tab):
+    """The architecture chapter's equations are rendered (MathJax output elements), not shown as TeX."""
+    base, html, pages = site
+    page = next(p for p in pages if p.endswith("architecture.html"))
+    seen = tab.open(base + page)
+    n = tab.wait_js("document.querySelectorAll('mjx-container').length || null", 30)
+    assert n and n >= 5, f"{page}: MathJax rendered {n} formulas"
+    assert any(u.startswith(base + "_static/mathjax/") for u in seen["requested"]), "MathJax not loaded from the book"
+    raw = tab.js("document.querySelector('article').innerText.includes('\\\\frac')")
+    assert not raw, f"{page}: raw TeX (\\frac) shown as text"
 
 
 def test_sidebar_lists_every_page_and_next_links_walk_the_book_in_toc_order(site, tab):
