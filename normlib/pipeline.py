@@ -7,7 +7,8 @@
 Order of work, so that a bad request never leaves half a run behind:
 1. validate everything (profile, parameter names and values, the data set, writable directories);
 2. write results/run_manifest.json (what is about to run);
-3. execute notebooks/<name>.ipynb into book/notebooks/<name>.ipynb in _toc.yml order,
+3. execute notebooks/<name>.ipynb into book/notebooks/<name>.ipynb in _toc.yml order (or
+   `jobs` at a time, each waiting for the notebooks its metadata normlab.after names),
    stopping at the first error (the failed copy goes to results/failed/<name>.ipynb);
    skipping a notebook whose executed copy is up to date: same source, parameters, normlib
    code, data, package versions and device (see `stamp`; --rerun or --force execute it anyway);
@@ -19,6 +20,7 @@ A profile (normlib/profiles/<name>.yaml) is:
     description: one line
     params: {name: value}              # every notebook that declares `name` gets it
     notebooks: {nb: {name: value}}     # one notebook only
+    jobs: 2                            # optional: notebooks executed at once (default 1; --jobs)
 
 and --set name=value / --set nb.name=value override it (values are YAML).
 Exit codes: 0 done, 1 a notebook or the book build failed, 2 bad request (nothing written),
@@ -45,7 +47,7 @@ from normlib.paths import ROOT
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 KERNEL = "normlab"  # kernelspec installed into this environment (sys.prefix) on first use
-PROFILE_KEYS = ("description", "params", "notebooks")
+PROFILE_KEYS = ("description", "params", "notebooks", "jobs")
 
 
 class PipelineError(Exception):
@@ -164,6 +166,9 @@ def load_profile(spec):
     nbs = profile.get("notebooks") or {}
     if not isinstance(nbs, dict) or not all(isinstance(v, dict) for v in nbs.values()):
         raise PipelineError(f"profile {path}: 'notebooks' must map notebook names to {{name: value}}")
+    jobs = profile.get("jobs", 1)
+    if not (isinstance(jobs, int) and not isinstance(jobs, bool) and jobs >= 1):
+        raise PipelineError(f"profile {path}: 'jobs' = {jobs!r}: must be a positive integer (notebooks run at once)")
     return path.stem, path, profile
 
 
@@ -255,6 +260,22 @@ def always_execute(source):
     The procedure chapter reads the run manifest, which changes with every run."""
     meta = json.loads(Path(source).read_text()).get("metadata", {})
     return meta.get("normlab", {}).get("always_execute")
+
+
+def needs(source, names):
+    """The notebooks among `names` (book order) that must finish before this one starts, from its
+    source metadata normlab.after: a list of notebook names (e.g. the training notebook whose trials an
+    analysis reads from the cache), or "all" for every notebook before it in book order."""
+    after = json.loads(Path(source).read_text()).get("metadata", {}).get("normlab", {}).get("after", [])
+    name = Path(source).stem
+    earlier = names[:names.index(name)] if name in names else list(names)
+    if after == "all":
+        return earlier
+    for n in after:  # so that book order, the sequential run's order, satisfies every `after`
+        if n not in earlier:
+            raise PipelineError(f"{source}: metadata normlab.after names {n!r}, which is not a notebook "
+                                f"before it in _toc.yml (allowed: {', '.join(earlier) or 'none'})")
+    return list(after)
 
 
 def executed_stamp(dest):
@@ -532,6 +553,9 @@ def parse_args(argv):
                     help="execute every notebook, even those up to date (finished trials are still reused)")
     ap.add_argument("--no-book", action="store_true", help="execute notebooks, do not build the book")
     ap.add_argument("--workers", type=int, default=None, help="set NORMLIB_WORKERS for the notebooks")
+    ap.add_argument("--jobs", type=int, default=None, metavar="N",
+                    help="notebooks executed at once (default: the profile's jobs, else 1); a notebook still "
+                         "waits for those it reads from (its metadata normlab.after)")
     ap.add_argument("--root", default=str(ROOT), help="repository root (default: this checkout)")
     return ap.parse_args(argv)
 
@@ -563,6 +587,8 @@ def prepare(args):
         if not (nb_dir / f"{n}.ipynb").is_file():
             raise PipelineError(f"_toc.yml lists book/notebooks/{n} but {nb_dir / n}.ipynb does not exist")
     declared = {n: declared_parameters(nb_dir / f"{n}.ipynb") for n in names}
+    for n in names:
+        needs(nb_dir / f"{n}.ipynb", names)  # a bad normlab.after is a bad request
     selected = names
     if args.only:
         wanted = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -577,6 +603,8 @@ def prepare(args):
                                     f"(run them too, or add --no-book)")
     if args.workers is not None and args.workers < 0:
         raise PipelineError(f"--workers {args.workers}: must be a non-negative integer (0 = one per core)")
+    if args.jobs is not None and args.jobs < 1:
+        raise PipelineError(f"--jobs {args.jobs}: must be a positive integer (notebooks executed at once)")
     to_run = plan(profile_name, profile, parse_sets(args.set), declared, selected, force=args.force)
     check_data()
     for path, what in ((results, "results directory"), (book_nb_dir, "executed notebooks directory")):
@@ -600,24 +628,17 @@ def prepare(args):
         "only": selected if args.only else None,
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "git_commit": git_commit(root),
+        "jobs": args.jobs or profile.get("jobs", 1),
         "notebooks": {n: {"injected": to_run[n], "declared": declared[n], "stamp": stamps[n],
                           "up_to_date_since": reused.get(n)} for n in selected},
     }
     return root, nb_dir, book_nb_dir, results, to_run, manifest
 
 
-def run(args):
-    root, nb_dir, book_nb_dir, results, to_run, manifest = prepare(args)
-    kernel = ensure_kernel()
-    write_json_atomic(results / "run_manifest.json", manifest)
-    # the kernels import normlib from this checkout and see the same results directory
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
-    os.environ["NORMLIB_RESULTS"] = str(results)
-    if args.workers is not None:
-        os.environ["NORMLIB_WORKERS"] = str(args.workers)
-    print(f"profile {manifest['profile']}" + (f": {manifest['description']}" if manifest["description"] else ""),
-          flush=True)
-    t_all, n_run = time.perf_counter(), 0
+def run_sequential(manifest, to_run, nb_dir, book_nb_dir, results, kernel):
+    """Execute the notebooks that are not up to date one after the other, in book order, stopping at
+    the first failure. Returns how many notebooks were executed."""
+    n_run = 0
     for i, (name, parameters) in enumerate(to_run.items(), 1):
         print(f"[{i}/{len(to_run)}] {name} ...", end="", flush=True)
         entry = manifest["notebooks"][name]
@@ -633,6 +654,92 @@ def run(args):
             raise
         n_run += 1
         print(f" done in {time.perf_counter() - t0:.1f} s", flush=True)
+    return n_run
+
+
+def _execute_in_child(name, source, dest, failed_dir, parameters, kernel, stamp):
+    """execute() in a pool process; returns (seconds, None) or (seconds, (message, exit code))."""
+    logging.getLogger("papermill").setLevel(logging.ERROR)
+    t0 = time.perf_counter()
+    try:
+        execute(name, source, dest, failed_dir, parameters, kernel, stamp=stamp)
+    except PipelineError as e:
+        return time.perf_counter() - t0, (str(e), e.code)
+    return time.perf_counter() - t0, None
+
+
+def run_parallel(manifest, to_run, nb_dir, book_nb_dir, results, kernel):
+    """Execute the notebooks that are not up to date, up to manifest["jobs"] at once, each in its own
+    process (papermill's cwd handling is not thread-safe), a notebook starting only once those it
+    needs() have finished. After the first failure no notebook starts; those running finish, then
+    the failure is raised. Returns how many notebooks were executed."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from multiprocessing import get_context
+
+    from normlib.grid import exit_with_parent
+
+    names = list(to_run)
+    number = {n: i for i, n in enumerate(names, 1)}
+    pending = []
+    for name in names:
+        entry = manifest["notebooks"][name]
+        if entry["up_to_date_since"]:
+            print(f"[{number[name]}/{len(names)}] {name} ... up to date (executed {entry['up_to_date_since']})",
+                  flush=True)
+        else:
+            pending.append(name)
+    # wait only for notebooks that run now: the others are up to date or not in this run (--only)
+    waits = {n: [d for d in needs(nb_dir / f"{n}.ipynb", names) if d in pending] for n in pending}
+    done, running, failure, n_run = set(), {}, None, 0
+    pool = ProcessPoolExecutor(max_workers=manifest["jobs"], mp_context=get_context("spawn"),
+                               initializer=exit_with_parent, initargs=(os.getpid(),))
+    try:
+        while pending or running:
+            ready = [] if failure else [n for n in pending if all(d in done for d in waits[n])]
+            for name in ready[:manifest["jobs"] - len(running)]:
+                pending.remove(name)
+                print(f"[{number[name]}/{len(names)}] {name} started", flush=True)
+                running[pool.submit(_execute_in_child, name, nb_dir / f"{name}.ipynb", book_nb_dir / f"{name}.ipynb",
+                                    results / "failed", to_run[name], kernel,
+                                    manifest["notebooks"][name]["stamp"])] = name
+            if not running:
+                break  # a failure stopped the rest
+            finished, _ = wait(list(running), timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                seconds, error = future.result()
+                if error:
+                    print(f"[{number[name]}/{len(names)}] {name} ... failed", flush=True)
+                    failure = failure or PipelineError(*error)
+                else:
+                    done.add(name)
+                    n_run += 1
+                    print(f"[{number[name]}/{len(names)}] {name} ... done in {seconds:.1f} s", flush=True)
+    except BaseException:  # Ctrl-C: end the notebooks still running (their kernels exit with them)
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    if failure:
+        raise failure
+    return n_run
+
+
+def run(args):
+    root, nb_dir, book_nb_dir, results, to_run, manifest = prepare(args)
+    kernel = ensure_kernel()
+    write_json_atomic(results / "run_manifest.json", manifest)
+    # the kernels import normlib from this checkout and see the same results directory
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    os.environ["NORMLIB_RESULTS"] = str(results)
+    if args.workers is not None:
+        os.environ["NORMLIB_WORKERS"] = str(args.workers)
+    print(f"profile {manifest['profile']}" + (f": {manifest['description']}" if manifest["description"] else "")
+          + (f" ({manifest['jobs']} notebooks at a time)" if manifest["jobs"] > 1 else ""), flush=True)
+    t_all = time.perf_counter()
+    run_notebooks = run_parallel if manifest["jobs"] > 1 else run_sequential
+    n_run = run_notebooks(manifest, to_run, nb_dir, book_nb_dir, results, kernel)
     print(f"{n_run} notebooks executed in {time.perf_counter() - t_all:.1f} s"
           + (f", {len(to_run) - n_run} up to date (--rerun executes them all)" if n_run < len(to_run) else ""),
           flush=True)

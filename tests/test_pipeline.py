@@ -43,6 +43,7 @@ def written(root):
     (["--set", "epochs"], "expected name=value"),
     (["--only", "alpah"], "--only: unknown notebook 'alpah' (known: alpha, beta); did you mean 'alpha'?"),
     (["--only", "alpha"], "not executed yet: beta"),
+    (["--jobs", "0"], "--jobs 0: must be a positive integer (notebooks executed at once)"),
 ])
 def test_bad_cli_request_exits_2_and_writes_nothing(book, args, message):
     proc = run_pipeline(book, *args)
@@ -57,7 +58,8 @@ def test_bad_cli_request_exits_2_and_writes_nothing(book, args, message):
     ("params:\n  epochs: -1\n", "profile bad: parameter 'epochs' = -1: must be a positive integer"),
     ("notebooks:\n  beta:\n    seeds: [0]\n", "profile bad, notebook beta: unknown parameter 'seeds'"),
     ("params: {epochs: [1\n", "is not valid YAML at line 2"),
-    ("parms:\n  epochs: 2\n", "unknown key 'parms' (allowed: description, params, notebooks)"),
+    ("parms:\n  epochs: 2\n", "unknown key 'parms' (allowed: description, params, notebooks, jobs)"),
+    ("jobs: 0\n", "'jobs' = 0: must be a positive integer (notebooks run at once)"),
     ("- epochs\n", "must be a mapping"),
 ])
 def test_bad_profile_exits_2_and_writes_nothing(book, text, message):
@@ -303,3 +305,63 @@ def test_environment_digest_covers_the_device(monkeypatch):
     assert before == pipeline.environment_digest()
     monkeypatch.setattr(train, "resolve_device", lambda device: "cuda")
     assert pipeline.environment_digest() != before
+
+
+# ----------------------------------------------------------------------------
+# several notebooks at once (--jobs / the profile's jobs)
+
+
+def _after(book, name, after):
+    nb = nbformat.read(book / "notebooks" / f"{name}.ipynb", as_version=4)
+    nb.metadata["normlab"] = {"after": after}
+    nbformat.write(nb, book / "notebooks" / f"{name}.ipynb")
+
+
+@pytest.mark.slow
+def test_two_jobs_run_independent_notebooks_at_once(book):
+    proc = run_pipeline(book, "--jobs", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    started = [i for i, l in enumerate(lines) if l.endswith(" started")]
+    first_done = next(i for i, l in enumerate(lines) if " ... done in " in l)
+    assert len(started) == 2 and max(started) < first_done, lines  # both started before either finished
+    assert "[1/2] alpha ... done in" in proc.stdout and "[2/2] beta ... done in" in proc.stdout
+    assert json.loads((book / "results" / "run_manifest.json").read_text())["jobs"] == 2
+    assert (book / "_build" / "html" / "book" / "notebooks" / "beta.html").exists()
+
+
+@pytest.mark.slow
+def test_a_notebook_waits_for_the_notebooks_it_reads(book):
+    _after(book, "beta", ["alpha"])
+    proc = run_pipeline(book, "--jobs", "2", "--no-book")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines.index("[2/2] beta started") > next(i for i, l in enumerate(lines) if l.startswith("[1/2] alpha ... done"))
+    assert pipeline.needs(book / "notebooks" / "beta.ipynb", ["alpha", "beta"]) == ["alpha"]
+    _after(book, "beta", "all")
+    assert pipeline.needs(book / "notebooks" / "beta.ipynb", ["alpha", "beta"]) == ["alpha"]
+
+
+def test_after_must_name_an_earlier_notebook(book):
+    _after(book, "alpha", ["beta"])  # later in the book: the sequential order could not honour it
+    proc = run_pipeline(book)
+    assert proc.returncode == 2 and written(book) == []
+    assert "alpha.ipynb: metadata normlab.after names 'beta', which is not a notebook before it in _toc.yml" \
+        in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_failure_with_two_jobs_stops_the_rest_and_names_the_cell(book):
+    _after(book, "beta", ["alpha"])  # alpha fails: beta must not start
+    proc = run_pipeline(book, "--jobs", "2", "--set", "alpha.epochs=0.5")
+    assert proc.returncode == 2  # a bad value is refused before anything runs, with jobs as without
+    nb = nbformat.read(book / "notebooks" / "alpha.ipynb", as_version=4)
+    nb.cells.insert(2, new_code_cell("raise ZeroDivisionError('boom in alpha')"))
+    nbformat.write(nb, book / "notebooks" / "alpha.ipynb")
+    proc = run_pipeline(book, "--jobs", "2")
+    assert proc.returncode == 1
+    assert "error: notebook alpha failed in cell 3 (In [4]): ZeroDivisionError: boom in alpha" in proc.stderr, \
+        proc.stdout + proc.stderr
+    assert "[1/2] alpha ... failed" in proc.stdout and "beta started" not in proc.stdout
+    assert not (book / "book" / "notebooks" / "alpha.ipynb").exists() and not (book / "_build").exists()
+    assert (book / "results" / "failed" / "alpha.ipynb").exists()
