@@ -122,8 +122,8 @@ def test_bad_request_is_refused_before_anything_runs(checkout, tmp_path, args, e
 BAD_PROFILES = [
     ("invalid YAML", "params:\n  seeds: [0, 1\n", ["error: profile {path} is not valid YAML at line 3: "]),
     ("unknown key", "description: x\nparameters:\n  seeds: [0]\n",
-     "error: profile {path}: unknown key 'parameters' (allowed: description, params, notebooks)"),
-    ("not a mapping", "- seeds\n", "error: profile {path}: must be a mapping with keys description, params, notebooks"),
+     "error: profile {path}: unknown key 'parameters' (allowed: description, params, notebooks, jobs)"),
+    ("not a mapping", "- seeds\n", "error: profile {path}: must be a mapping with keys description, params, notebooks, jobs"),
     ("unknown norm in a notebook", "notebooks:\n  step5_comparison:\n    norms: [batch, batchnorm]\n",
      "error: profile mine, notebook step5_comparison: parameter 'norms' = ['batch', 'batchnorm']: "
      f"unknown norm 'batchnorm' {ALLOWED_NORMS}"),
