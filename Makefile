@@ -1,5 +1,6 @@
 # normlab: the two set-up commands of the README.
-#   make report   create the environment, prepare the data, execute the notebooks, build the HTML book
+#   make report   create the environment, build the C++ kernels, prepare the data, execute the notebooks,
+#                 build the HTML book
 #   make test     same set-up, then the whole test suite (pytest + nbval + quick pipeline + browser)
 # Options: PROFILE=quick|default|full|path.yaml   SET="name=value other=value"   PYTHON=python3.11
 PYTHON ?= python3
@@ -8,15 +9,15 @@ PROFILE ?= default
 SET ?=
 PY := $(VENV)/bin/python
 
-.PHONY: report test setup data browser benchmark clean
+.PHONY: report test setup kernels data browser benchmark clean
 
-report: setup data
+report: setup kernels data
 	$(PY) -m normlib.pipeline --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
 
-test: setup data browser
+test: setup kernels data browser
 	$(PY) -m pytest
 
-benchmark: setup data
+benchmark: setup kernels data
 	$(PY) benchmarks/bench.py
 
 setup: $(VENV)/.installed
@@ -27,6 +28,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet -c requirements.lock -e '.[test]'
 	$(PY) -m ipykernel install --sys-prefix --name normlab --display-name "normlab (.venv)" > /dev/null
 	touch $@
+
+# The fused C++ kernels of the from-scratch layers (normlib/kernels.cpp): compiled once (about a
+# minute), then only loaded; a changed source is rebuilt.
+kernels: setup
+	@$(PY) -m normlib.kernels
 
 # Fashion-MNIST: local files first; on Debian as root install the package; else torchvision's download.
 data: setup

@@ -284,6 +284,15 @@ def python_floor(device, calls):
             "of_layer_norm": med["copy"] / med["layer"]}
 
 
+def builtin_layer_norm_vs_groupnorm(device, calls):
+    """Seconds of torch's own nn.LayerNorm over nn.GroupNorm(1, C) at CNN shapes, called in turn: how
+    the two built-ins compare on this machine (context for layer_norm_cnn_vs_groupnorm)."""
+    c, f = CNN_SHAPE[1], CNN_SHAPE[1:]
+    s = alternate({"layer": layer_call(nn.LayerNorm(f), CNN_SHAPE, device),
+                   "group": layer_call(nn.GroupNorm(1, c), CNN_SHAPE, device)}, calls // 2, 3, device)
+    return statistics.median(a / b for a, b in zip(s["layer"], s["group"]))
+
+
 def bench_layers(device, calls):
     c, f = CNN_SHAPE[1], CNN_SHAPE[1:]
     pairs = {  # name: (shape, ours, reference, target ratio of times)
@@ -471,7 +480,20 @@ def main(argv=None):
             print(line(name, r), flush=True)
     floor = python_floor(device, calls)
     print(f"floor: a Python autograd.Function that only copies, forward and backward, at {MLP_SHAPE} takes "
-          f"{floor['of_batch_norm']:.2f} of BatchNorm1d's time and {floor['of_layer_norm']:.2f} of LayerNorm's", flush=True)
+          f"{floor['of_batch_norm']:.2f} of BatchNorm1d's time and {floor['of_layer_norm']:.2f} of LayerNorm's "
+          f"(normlib's batch and layer norm run as C++ autograd Functions on CPU, below that floor)", flush=True)
+    context = {"builtin_layer_norm_over_groupnorm": builtin_layer_norm_vs_groupnorm(device, calls)}
+    print(f"context: torch's own nn.LayerNorm takes {context['builtin_layer_norm_over_groupnorm']:.2f} times as long as "
+          f"nn.GroupNorm(1, {CNN_SHAPE[1]}) at {CNN_SHAPE}, forward + backward", flush=True)
+    # the most a trainer could reach: nothing but its counted matmul FLOPs, at the matmul peak of this run
+    mlp = TrainConfig(arch="mlp", norm="batch", batch_size=BATCH, device=device)
+    peak = results["cnn_fraction_of_peak"]["reference"] * 1e9  # FLOP/s
+    ceiling = peak / train_flops_per_example(mlp, device)  # examples/s
+    context.update(mlp_matmul_ceiling_examples_per_s=ceiling,
+                   ceiling_vs_torchvision=ceiling / results["train_vs_torchvision"]["reference"])
+    print(f"context: at the measured matmul peak, the MLP's matmuls alone allow {ceiling:,.0f} examples/s: "
+          f"{context['ceiling_vs_torchvision']:.2f} times the torchvision loop, the most any trainer of this "
+          f"network could reach against it here", flush=True)
     profiles = {}
     if args.profiles is not None:
         profiles = bench_profiles(args.profiles or ["quick"], args.profile_timeout)
@@ -483,7 +505,7 @@ def main(argv=None):
     settings = {"repeats": repeats, "steps": steps, "warm_steps": warm, "layer_calls": calls,
                 "quick": args.quick, "batch_size": BATCH, "seconds": took}
     write_json(args.json, {"machine": info, "settings": settings, "results": results,
-                           "python_function_floor": floor, "profiles": profiles})
+                           "python_function_floor": floor, "context": context, "profiles": profiles})
     print(f"wrote {args.json}")
     return 0
 

@@ -3,6 +3,10 @@ backward is compared with torch's built-in layers, with centred finite differenc
 (`eval_numerical_gradient_array`) and with torch.autograd.gradcheck; plus a timing of the
 custom layers against the built-ins. Used by tests/test_norms.py and the implementation-check notebook.
 
+`kernel` selects which from-scratch implementation is checked: "python", the reference pairs of
+normlib.norms (PyTorch ops, every kind), or "cpp", the fused C++ kernels of normlib/kernels.cpp
+(batch and layer norm, CPU), which the custom layers use on CPU.
+
 `shape` is always the input shape, (N, C) or (N, C, H, W). For kind "weight" the input feeds a
 weight-normalized nn.Linear(C, C) (2-D) or nn.Conv2d(C, C, 3, padding=1) (4-D): its weight is v.
 In float64 the custom layers agree with the built-ins to a relative error of about 1e-14
@@ -10,6 +14,8 @@ In float64 the custom layers agree with the built-ins to a relative error of abo
 dgamma/dbeta/dg and 1e-8 to 1e-6 for dx/dv, whose near-zero entries carry the round-off of
 the differences (should be < 1e-5; a wrong gradient gives ~1).
 """
+import contextlib
+import os
 import statistics
 import time
 
@@ -17,13 +23,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from normlib import kernels
 from normlib.norms import (BatchNormFn, GroupNormFn, LayerNormFn, WeightNormFn, batch_norm_backward,
                            batch_norm_forward, group_count, group_norm_backward, group_norm_forward,
                            layer_norm_backward, layer_norm_forward, make_norm, weight_norm,
                            weight_norm_backward, weight_norm_forward)
 
 CHECK_KINDS = ("batch", "layer", "group", "weight")
+KERNEL_KINDS = ("batch", "layer")  # the kinds with a fused C++ kernel besides the reference pair
+KERNELS = {"python": "reference pair (PyTorch ops)", "cpp": "fused C++ kernel"}
 EPS = 1e-5
+
+
+def kernels_of(kind):
+    """The from-scratch implementations of kind: ("python", "cpp") for batch and layer norm, else ("python",)."""
+    return ("python", "cpp") if kind in KERNEL_KINDS else ("python",)
+
+
+def _check_kernel(kind, kernel):
+    _check_kind(kind)
+    if kernel not in kernels_of(kind):
+        raise ValueError(f"kernel = {kernel!r}: allowed for {kind} {', '.join(kernels_of(kind))}")
 
 
 def rel_error(a, b):
@@ -65,8 +85,17 @@ def _layer(x, w):
     return F.linear(x, w) if w.dim() == 2 else F.conv2d(x, w, padding=1)
 
 
-def _custom(kind, t, groups):
-    """The custom autograd Function of kind applied to the named inputs t."""
+def _custom(kind, t, groups, kernel="python"):
+    """The custom autograd Function of kind (the reference pair's, or the C++ kernel's) applied to the
+    named inputs t."""
+    _check_kernel(kind, kernel)
+    if kernel == "cpp":
+        ext, x = kernels.ext(), t["x"]
+        if kind == "layer":
+            return ext.layer_norm(x, t["gamma"], t["beta"], EPS)
+        c = x.shape[1]  # batch norm; fresh running statistics, updated and dropped
+        running = torch.zeros(c, dtype=x.dtype), torch.ones(c, dtype=x.dtype)
+        return ext.batch_norm_train(x, t["gamma"], t["beta"], *running, 0.1, EPS)
     if kind == "batch":
         return BatchNormFn.apply(t["x"], t["gamma"], t["beta"], EPS)[0]
     if kind == "layer":
@@ -88,12 +117,14 @@ def _builtin(kind, t, groups):
     return _layer(t["x"], torch._weight_norm(t["v"], g, 0))
 
 
-def compare_to_builtin(kind, shape, dtype=torch.float64, seed=0, groups=8):
-    """Custom Function vs torch built-in on random inputs and a random upstream gradient.
+def compare_to_builtin(kind, shape, dtype=torch.float64, seed=0, groups=8, kernel="python"):
+    """Custom Function (of the reference pair, or of the C++ kernel) vs torch built-in on random inputs
+    and a random upstream gradient.
     Returns {"out": {"abs", "rel"}, "dx": ..., "dgamma"/"dv": ..., "dbeta"/"dg": ...}."""
+    _check_kernel(kind, kernel)
     t, randn = _inputs(kind, tuple(shape), dtype, seed)
     t = {k: v.requires_grad_() for k, v in t.items()}
-    out_custom, out_builtin = _custom(kind, t, groups), _builtin(kind, t, groups)
+    out_custom, out_builtin = _custom(kind, t, groups, kernel), _builtin(kind, t, groups)
     dout = randn(out_custom.shape)
     grads_custom = torch.autograd.grad(out_custom, list(t.values()), dout)
     grads_builtin = torch.autograd.grad(out_builtin, list(t.values()), dout)
@@ -102,8 +133,23 @@ def compare_to_builtin(kind, shape, dtype=torch.float64, seed=0, groups=8):
     return {name: {"abs": max_abs(a, b), "rel": rel_error(a, b)} for name, a, b in pairs}
 
 
-def _pure_pair(kind, t, groups):
+def _kernel_pair(kind, t):
+    """_pure_pair for the C++ kernels: forward() -> (y, (mean, inv_std)), backward(dy, cache) -> gradients."""
+    ext, x, gamma, beta = kernels.ext(), t["x"], t["gamma"], t["beta"]
+
+    def forward():
+        y, mean, *rest = (ext.batch_norm_forward if kind == "batch" else ext.layer_norm_forward)(x, gamma, beta, EPS)
+        return y, (mean, rest[-1])  # rest: (var, inv_std) for batch norm, (inv_std,) for layer norm
+
+    def backward(dy, cache):
+        return (ext.batch_norm_backward if kind == "batch" else ext.layer_norm_backward)(dy, x, *cache, gamma)
+    return forward, backward, ("x", "gamma", "beta")
+
+
+def _pure_pair(kind, t, groups, kernel="python"):
     """(forward, backward, names of the differentiated inputs) of the pure functions of kind."""
+    if kernel == "cpp":
+        return _kernel_pair(kind, t)
     if kind == "batch":
         return lambda: batch_norm_forward(t["x"], t["gamma"], t["beta"], EPS), batch_norm_backward, ("x", "gamma", "beta")
     if kind == "layer":
@@ -129,11 +175,12 @@ def _numerical_gradient(f, x, df, h=1e-5):
     return grad
 
 
-def numeric_gradient_errors(kind, shape, seed=0, groups=8):
+def numeric_gradient_errors(kind, shape, seed=0, groups=8, kernel="python"):
     """Relative error of the analytic backward vs centred finite differences (h = 1e-5, float64),
     per gradient: {"dx": ..., "dgamma": ..., "dbeta": ...} or {"dv": ..., "dg": ...} for weight norm."""
+    _check_kernel(kind, kernel)
     t, randn = _inputs(kind, tuple(shape), torch.float64, seed)
-    forward, backward, names = _pure_pair(kind, t, groups)
+    forward, backward, names = _pure_pair(kind, t, groups, kernel)
     y, cache = forward()
     dy = randn(y.shape)
     analytic = backward(dy, cache)
@@ -141,10 +188,14 @@ def numeric_gradient_errors(kind, shape, seed=0, groups=8):
             for k, a in zip(names, analytic)}
 
 
-def gradcheck(kind, shape, groups=8):
+def gradcheck(kind, shape, groups=8, kernel="python"):
     """torch.autograd.gradcheck of the custom Function of kind on float64 inputs of shape."""
+    _check_kernel(kind, kernel)
     t, _ = _inputs(kind, tuple(shape), torch.float64, 0)
     t = {k: v.requires_grad_() for k, v in t.items()}
+    if kernel == "cpp":
+        names = list(t)
+        return torch.autograd.gradcheck(lambda *v: _custom(kind, dict(zip(names, v)), groups, "cpp"), tuple(t.values()))
     if kind == "batch":
         return torch.autograd.gradcheck(BatchNormFn.apply, (t["x"], t["gamma"], t["beta"], EPS))
     if kind == "layer":
@@ -155,10 +206,30 @@ def gradcheck(kind, shape, groups=8):
     return torch.autograd.gradcheck(WeightNormFn.apply, (t["v"], t["g"]))
 
 
-def time_forward_backward(kind, impl, shape, repeats=20, dtype=torch.float32, groups=8, seed=0):
+@contextlib.contextmanager
+def kernel_backend(kernel):
+    """Within the block the custom layers use `kernel` on CPU ("cpp" | "python"; NORMLIB_KERNELS)."""
+    saved = os.environ.get("NORMLIB_KERNELS")
+    os.environ["NORMLIB_KERNELS"] = kernel
+    try:
+        kernels.backend()
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("NORMLIB_KERNELS", None)
+        else:
+            os.environ["NORMLIB_KERNELS"] = saved
+
+
+def time_forward_backward(kind, impl, shape, repeats=20, dtype=torch.float32, groups=8, seed=0, kernel=None):
     """Median seconds of one forward + backward (input gradient included) through the layer of kind
     and impl ("custom" | "torch") in train mode, on an input of shape; grads are reset between calls.
-    For kind "weight" the layer is the weight-normalized Linear(C, C) / Conv2d(C, C, 3, padding=1)."""
+    For kind "weight" the layer is the weight-normalized Linear(C, C) / Conv2d(C, C, 3, padding=1).
+    kernel ("cpp" | "python"): which from-scratch implementation a custom layer uses (default: as configured)."""
+    if kernel is not None and impl == "custom":
+        _check_kernel(kind, kernel)
+        with kernel_backend(kernel):
+            return time_forward_backward(kind, impl, shape, repeats, dtype, groups, seed)
     _check_kind(kind)
     torch.manual_seed(seed)
     c = shape[1]
@@ -180,8 +251,8 @@ def time_forward_backward(kind, impl, shape, repeats=20, dtype=torch.float32, gr
 
 
 def implementation_table(kinds=CHECK_KINDS, shapes=((4, 32), (2, 16, 5, 5)), dtype=torch.float64, seed=0):
-    """One row per (layer, shape, quantity) of compare_to_builtin: dicts with keys
-    layer, shape, quantity, abs, rel, ready for pandas.DataFrame."""
-    return [{"layer": kind, "shape": str(tuple(shape)), "quantity": name, **err}
-            for kind in kinds for shape in shapes
-            for name, err in compare_to_builtin(kind, shape, dtype=dtype, seed=seed).items()]
+    """One row per (layer, implementation, shape, quantity) of compare_to_builtin: dicts with keys
+    layer, kernel, shape, quantity, abs, rel, ready for pandas.DataFrame."""
+    return [{"layer": kind, "kernel": kernel, "shape": str(tuple(shape)), "quantity": name, **err}
+            for kind in kinds for kernel in kernels_of(kind) for shape in shapes
+            for name, err in compare_to_builtin(kind, shape, dtype=dtype, seed=seed, kernel=kernel).items()]

@@ -20,18 +20,21 @@ from pathlib import Path
 
 import torch
 
+from normlib import kernels
 from normlib.data import fingerprint
 from normlib.paths import results_dir
 from normlib.train import History, TrainConfig, resolve_device, train
 
-CODE_FILES = ("norms.py", "models.py", "data.py", "train.py")
+CODE_FILES = ("norms.py", "kernels.py", "kernels.cpp", "models.py", "data.py", "train.py")
 
 
 def code_version():
-    """Digest of the source files a trial's result depends on."""
+    """Digest of the source files a trial's result depends on, and of which implementation the
+    custom layers use on CPU (normlib.kernels.backend(): the C++ kernels or the reference pairs)."""
     h = hashlib.sha256()
     for name in CODE_FILES:
         h.update((Path(__file__).parent / name).read_bytes())
+    h.update(kernels.backend().encode())
     return h.hexdigest()[:16]
 
 

@@ -10,13 +10,18 @@
 Each normalization is a pure pair, cs231n style: `*_forward` returns the output and a cache,
 `*_backward` takes the upstream gradient and that cache and returns one gradient per input.
 A `torch.autograd.Function` wraps each pair and an `nn.Module` holds the parameters, so the
-layers drop into a network like torch's. All of them are checked against torch's built-ins
-and finite differences in normlib.check and tests/test_norms.py.
+layers drop into a network like torch's. On CPU the batch-norm and layer-norm modules call the
+same formulas as fused C++ loops (normlib/kernels.cpp, via normlib.kernels), which cost about
+what torch's built-ins cost; the pairs here remain the definition, and run on other devices.
+All of them are checked against torch's built-ins and finite differences in normlib.check
+and tests/test_norms.py.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from normlib import kernels
 
 NORM_KINDS = ("none", "batch", "layer", "weight", "group")
 IMPLS = ("custom", "torch")
@@ -248,6 +253,11 @@ class BatchNorm(nn.Module):
         m = x.numel() // c  # values per channel
         if m == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+        if kernels.use_cpp(x):  # the same formulas, fused; updates the running statistics in place
+            y = kernels.ext().batch_norm_train(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                               self.momentum, self.eps)
+            self.num_batches_tracked.add_(1)
+            return y
         y, mean, var = BatchNormFn.apply(x, self.weight, self.bias, self.eps)
         with torch.no_grad():
             p = self.momentum
@@ -274,6 +284,8 @@ class LayerNorm(nn.Module):
         if tuple(x.shape[1:]) != self.normalized_shape:
             expected = ", ".join(map(str, ("N",) + self.normalized_shape))
             raise ValueError(f"LayerNorm expected input of shape ({expected}), got {tuple(x.shape)}")
+        if kernels.use_cpp(x):
+            return kernels.ext().layer_norm(x, self.weight, self.bias, self.eps)
         return LayerNormFn.apply(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self):

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import yaml
 
+from normlib import kernels
 from normlib import params as P
 from normlib.paths import ROOT
 
@@ -238,10 +239,10 @@ def environment_digest():
 
     h = hashlib.sha256()
     lib = Path(__file__).resolve().parent
-    for path in sorted(lib.rglob("*.py")) + sorted(lib.rglob("*.yaml")):
+    for path in sorted(lib.rglob("*.py")) + sorted(lib.rglob("*.cpp")) + sorted(lib.rglob("*.yaml")):
         h.update(path.relative_to(lib).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     h.update(json.dumps({"data": D.FINGERPRINT, "software": provenance.software_versions(),
-                         "device": resolve_device("auto")}, sort_keys=True).encode())
+                         "device": resolve_device("auto"), "kernels": kernels.backend()}, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -606,6 +607,10 @@ def prepare(args):
     if args.jobs is not None and args.jobs < 1:
         raise PipelineError(f"--jobs {args.jobs}: must be a positive integer (notebooks executed at once)")
     to_run = plan(profile_name, profile, parse_sets(args.set), declared, selected, force=args.force)
+    try:
+        kernels.backend()  # a bad NORMLIB_KERNELS is a bad request
+    except kernels.KernelError as e:
+        raise PipelineError(str(e)) from None
     check_data()
     for path, what in ((results, "results directory"), (book_nb_dir, "executed notebooks directory")):
         try:
@@ -633,6 +638,20 @@ def prepare(args):
                           "up_to_date_since": reused.get(n)} for n in selected},
     }
     return root, nb_dir, book_nb_dir, results, to_run, manifest
+
+
+def build_kernels():
+    """Compile (or load) normlib's C++ kernels before any notebook needs them, so that a missing
+    compiler is one clear error here and every notebook's workers find them built."""
+    if kernels.backend() != "cpp":
+        return
+    t0 = time.perf_counter()
+    try:
+        kernels.ext()
+    except kernels.KernelError as e:
+        raise PipelineError(str(e), code=1) from None
+    if time.perf_counter() - t0 > 5:
+        print(f"built normlib's C++ kernels in {time.perf_counter() - t0:.0f} s (once per environment)", flush=True)
 
 
 def run_sequential(manifest, to_run, nb_dir, book_nb_dir, results, kernel):
@@ -729,6 +748,7 @@ def run_parallel(manifest, to_run, nb_dir, book_nb_dir, results, kernel):
 def run(args):
     root, nb_dir, book_nb_dir, results, to_run, manifest = prepare(args)
     kernel = ensure_kernel()
+    build_kernels()
     write_json_atomic(results / "run_manifest.json", manifest)
     # the kernels import normlib from this checkout and see the same results directory
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))

@@ -224,7 +224,9 @@ def train(config, data=None, *, hooks=(), progress=False, build=None):
             loss.backward()
             grad_norm = torch.linalg.vector_norm(
                 torch.stack(torch._foreach_norm([p.grad for p in params if p.grad is not None])))
-            loss_v, gnorm_v = torch.stack([loss.detach(), grad_norm]).tolist()
+            correct = (logits.detach().argmax(1) == yb).sum()
+            # one device-to-host copy per step for the three numbers recorded
+            loss_v, gnorm_v, correct_v = torch.stack([loss.detach(), grad_norm, correct.to(loss.dtype)]).tolist()
             step += 1
             hist.step_loss.append(loss_v)
             hist.step_grad_norm.append(gnorm_v)
@@ -238,7 +240,7 @@ def train(config, data=None, *, hooks=(), progress=False, build=None):
             for hook in hooks:
                 hook(step, model)
             run_loss += loss_v
-            run_correct += (logits.argmax(1) == yb).sum().item()
+            run_correct += int(correct_v)
             run_count += len(yb)
             run_steps += 1
             if bar is not None:

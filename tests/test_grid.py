@@ -69,12 +69,13 @@ def test_key_hashes_config_data_and_code(monkeypatch):
 
 
 def test_code_version_hashes_the_training_code():
-    assert set(grid.CODE_FILES) >= {"norms.py", "models.py", "data.py", "train.py"}
+    assert set(grid.CODE_FILES) >= {"norms.py", "kernels.py", "kernels.cpp", "models.py", "data.py", "train.py"}
     import hashlib
     from pathlib import Path
     h = hashlib.sha256()
     for name in grid.CODE_FILES:
         h.update((Path(grid.__file__).parent / name).read_bytes())
+    h.update(b"cpp")  # the custom layers' implementation on CPU (NORMLIB_KERNELS, default cpp)
     assert grid.code_version() == h.hexdigest()[:16]
 
 

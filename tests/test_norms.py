@@ -7,10 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.gradcheck import GradcheckError
 
-from normlib.check import compare_to_builtin, gradcheck, max_abs, numeric_gradient_errors, rel_error
-from normlib.norms import (BatchNorm, GroupNorm, LayerNorm, WeightNormConv2d, WeightNormFn, WeightNormLinear,
-                           data_dependent_init, group_count, make_norm, weight_norm)
+from normlib import grid, kernels
+from normlib.check import (compare_to_builtin, gradcheck, kernels_of, max_abs, numeric_gradient_errors,
+                           rel_error)
+from normlib.norms import (BatchNorm, BatchNormFn, GroupNorm, LayerNorm, LayerNormFn, WeightNormConv2d,
+                           WeightNormFn, WeightNormLinear, data_dependent_init, group_count, make_norm,
+                           weight_norm)
 
 f64 = torch.float64
 
@@ -29,30 +33,138 @@ def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=f64)
 
 
+@pytest.fixture(params=["cpp", "python"])
+def kernel(request, monkeypatch):
+    """Run a module test with each from-scratch implementation the custom layers can use on CPU."""
+    monkeypatch.setenv("NORMLIB_KERNELS", request.param)
+    return request.param
+
+
+def with_kernels(cases):
+    """(kind, shape) cases -> (kind, kernel, shape) for every implementation of kind."""
+    return [pytest.param(kind, k, shape, id=f"{kind}-{k}-{'x'.join(map(str, shape))}")
+            for kind, shape in cases for k in kernels_of(kind)]
+
+
 # ----------------------------------------------------------------------------
 # gradients: against torch, finite differences, gradcheck
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("kind, shape", CASES)
-def test_matches_builtin(kind, shape, seed):
-    errors = compare_to_builtin(kind, shape, seed=seed)
+@pytest.mark.parametrize("kind, kernel, shape", with_kernels(CASES))
+def test_matches_builtin(kind, kernel, shape, seed):
+    errors = compare_to_builtin(kind, shape, seed=seed, kernel=kernel)
     grads = {"dx", "dgamma", "dbeta"} if kind != "weight" else {"dx", "dv", "dg"}
     assert set(errors) == {"out"} | grads
     worst = {name: e["rel"] for name, e in errors.items()}
     assert max(worst.values()) <= 1e-10, worst  # typically ~1e-14
 
 
-@pytest.mark.parametrize("kind, shape", SMALL_CASES)
-def test_numeric_gradient(kind, shape):
-    errors = numeric_gradient_errors(kind, shape, seed=3)
+@pytest.mark.parametrize("kind, kernel, shape", with_kernels(SMALL_CASES))
+def test_numeric_gradient(kind, kernel, shape):
+    errors = numeric_gradient_errors(kind, shape, seed=3, kernel=kernel)
     # elementwise relative error; round-off of the h = 1e-5 differences on the smallest entries of dx
     # gives up to ~1e-6, a wrong gradient gives ~1
     assert max(errors.values()) < 1e-5, errors
 
 
-@pytest.mark.parametrize("kind, shape", SMALL_CASES)
-def test_gradcheck(kind, shape):
-    assert gradcheck(kind, shape)
+@pytest.mark.parametrize("kind, kernel, shape", with_kernels(SMALL_CASES))
+def test_gradcheck(kind, kernel, shape):
+    assert gradcheck(kind, shape, kernel=kernel)
+
+
+def test_gradcheck_can_fail():
+    """gradcheck as used here rejects a wrong backward: the C++ layer norm with its dgamma doubled."""
+    x, g, b = (5 * randn(3, 6) + 12).requires_grad_(), randn(6, seed=1).requires_grad_(), randn(6, seed=2).requires_grad_()
+
+    class Wrong(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, g, b):
+            y, mean, inv_std = kernels.ext().layer_norm_forward(x, g, b, 1e-5)
+            ctx.save_for_backward(x, g, mean, inv_std)
+            return y
+
+        @staticmethod
+        def backward(ctx, dy):
+            x, g, mean, inv_std = ctx.saved_tensors
+            dx, dg, db = kernels.ext().layer_norm_backward(dy, x, mean, inv_std, g)
+            return dx, 2 * dg, db
+
+    assert torch.autograd.gradcheck(lambda *a: kernels.ext().layer_norm(*a, 1e-5), (x, g, b))
+    with pytest.raises(GradcheckError):
+        torch.autograd.gradcheck(Wrong.apply, (x, g, b))
+
+
+# ----------------------------------------------------------------------------
+# the C++ kernels against the reference pairs they implement
+
+@pytest.mark.parametrize("shape", [(16, 12), (6, 8, 3, 4), (3, 5, 7, 7)])
+def test_kernels_match_reference_pairs(shape):
+    """Outputs, gradients and running statistics of the C++ kernels and the PyTorch-op pairs, float64."""
+    x, dy = 5 * randn(*shape) + 12, randn(*shape, seed=1)
+    c = shape[1]
+    gb = {"batch": (randn(c, seed=2), randn(c, seed=3)), "layer": (randn(*shape[1:], seed=2), randn(*shape[1:], seed=3))}
+    for kind in ("batch", "layer"):
+        results = {}
+        for name in ("cpp", "python"):
+            t = [v.clone().requires_grad_() for v in (x, *gb[kind])]
+            running = (torch.zeros(c, dtype=f64), torch.ones(c, dtype=f64))
+            if name == "cpp":
+                y = (kernels.ext().batch_norm_train(*t, *running, 0.1, 1e-5) if kind == "batch"
+                     else kernels.ext().layer_norm(*t, 1e-5))
+            else:
+                y = BatchNormFn.apply(*t, 1e-5)[0] if kind == "batch" else LayerNormFn.apply(*t, 1e-5)
+            results[name] = [y, *torch.autograd.grad(y, t, dy)]
+        for a, b in zip(results["cpp"], results["python"]):
+            assert rel_error(a, b) <= 1e-12, kind
+
+
+@pytest.mark.parametrize("shape", [(256, 512), (64, 16, 14, 14)])
+def test_kernels_do_not_depend_on_the_thread_count(shape):
+    """One or two threads give bit-identical float32 results (fixed splits, sums combined in order)."""
+    gen = torch.Generator().manual_seed(0)
+    x, dy = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    saved, outs = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for kind in ("batch", "layer"):
+                layer = make_norm(kind, shape[1:])
+                xi = x.clone().requires_grad_()
+                y = layer(xi)
+                y.backward(dy)
+                outs.append((threads, kind, [y.detach(), xi.grad, layer.weight.grad, layer.bias.grad]))
+    finally:
+        torch.set_num_threads(saved)
+    one, two = [o for o in outs if o[0] == 1], [o for o in outs if o[0] == 2]
+    for (_, kind, a), (_, _, b) in zip(one, two):
+        assert all(torch.equal(u, v) for u, v in zip(a, b)), kind
+
+
+def test_kernel_backend_setting(monkeypatch):
+    monkeypatch.setenv("NORMLIB_KERNELS", "python")
+    x = torch.randn(4, 6, requires_grad=True)
+    assert type(BatchNorm(6)(x).grad_fn).__name__ == "BatchNormFnBackward"  # the reference pair
+    python_version = grid.code_version()
+    monkeypatch.setenv("NORMLIB_KERNELS", "cpp")
+    assert "BatchNormFn" not in type(BatchNorm(6)(x).grad_fn).__name__  # the C++ Function
+    assert grid.code_version() != python_version  # cached trials of the two are kept apart
+    monkeypatch.setenv("NORMLIB_KERNELS", "fortran")
+    with pytest.raises(kernels.KernelError, match=r"^NORMLIB_KERNELS = 'fortran': allowed cpp, python$"):
+        BatchNorm(6)(x)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda e: e.layer_norm(torch.ones(2, 3, dtype=torch.int64), torch.ones(3), torch.zeros(3), 1e-5),
+     "x must be float32 or float64"),
+    (lambda e: e.layer_norm_forward(torch.ones(2, 3), torch.ones(4), torch.zeros(4), 1e-5),
+     "gamma and beta need 3 values"),
+    (lambda e: e.batch_norm_forward(torch.ones(3), torch.ones(3), torch.zeros(3), 1e-5),
+     r"x must be \(N, C, \*S\)"),
+    (lambda e: e.layer_norm_backward(torch.ones(2, 3), torch.ones(2, 3), torch.zeros(2), torch.ones(2),
+                                     torch.ones(3)), "mean and inv_std must be float64")])
+def test_kernels_refuse_bad_input(call, message):
+    with pytest.raises(RuntimeError, match=message):
+        call(kernels.ext())
 
 
 def test_rel_error_is_cs231n():
@@ -66,7 +178,7 @@ def test_rel_error_is_cs231n():
 
 @pytest.mark.parametrize("momentum", [0.1, 0.5])
 @pytest.mark.parametrize("shape, builtin", [((8, 6), nn.BatchNorm1d), ((4, 6, 3, 3), nn.BatchNorm2d)])
-def test_batch_norm_running_stats_match_torch(shape, builtin, momentum):
+def test_batch_norm_running_stats_match_torch(shape, builtin, momentum, kernel):
     ours, theirs = BatchNorm(6, momentum=momentum).double(), builtin(6, momentum=momentum).double()
     for step in range(5):  # training steps on fresh batches with moving statistics
         x = 3 * randn(*shape, seed=step) + step
@@ -87,7 +199,7 @@ def test_batch_norm_running_stats_match_torch(shape, builtin, momentum):
     (LayerNorm((6, 3, 3)), nn.LayerNorm((6, 3, 3)), (4, 6, 3, 3)),
     (GroupNorm(3, 6), nn.GroupNorm(3, 6), (4, 6, 3, 3)),
     (GroupNorm(2, 6), nn.GroupNorm(2, 6), (4, 6))])
-def test_module_matches_torch_module(module, builtin, shape):
+def test_module_matches_torch_module(module, builtin, shape, kernel):
     module, builtin = module.double(), builtin.double()
     with torch.no_grad():  # non-trivial affine parameters
         for m in (module, builtin):
@@ -187,7 +299,7 @@ INVARIANT = [
 
 
 @pytest.mark.parametrize("norm, transform, invariant", INVARIANT)
-def test_invariances_of_ba_et_al_table_1(norm, transform, invariant):
+def test_invariances_of_ba_et_al_table_1(norm, transform, invariant, kernel):
     x, w = 5 * randn(8, 6, seed=1) + 12, randn(5, 6, seed=2)
     before = NORMALIZED[norm](x, w)
     after = NORMALIZED[norm](*TRANSFORMS[transform](x, w))
@@ -226,7 +338,7 @@ def test_make_norm_settings():
 
 
 @pytest.mark.parametrize("shape", [(1, 3), (1, 3, 1, 1)])
-def test_batch_norm_one_value_per_channel(shape):
+def test_batch_norm_one_value_per_channel(shape, kernel):
     x = torch.randn(*shape)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel when training") as ours:
         BatchNorm(3)(x)
@@ -264,7 +376,7 @@ def test_weight_norm_rejects_other_layers():
         weight_norm(nn.ReLU())
 
 
-def test_autograd_functions_in_a_network():
+def test_autograd_functions_in_a_network(kernel):
     """Custom and torch layers give the same parameter gradients through a small network."""
     torch.manual_seed(0)
     x, y = 5 * randn(16, 1, 6, 6) + 12, torch.randint(0, 3, (16,))
@@ -283,7 +395,7 @@ def test_autograd_functions_in_a_network():
 
 
 @pytest.mark.parametrize("kind", ["batch", "layer", "group"])
-def test_non_contiguous_inputs_and_gradients(kind):
+def test_non_contiguous_inputs_and_gradients(kind, kernel):
     """channels_last / transposed inputs; a transposed and an expanded (stride 0) upstream gradient."""
     custom, builtin = (make_norm(kind, (8, 5, 5), impl=impl).double() for impl in ("custom", "torch"))
     x = 5 * randn(4, 8, 5, 5) + 12
