@@ -133,9 +133,21 @@ def welch(a, b):
         t, p = stats.ttest_ind(a, b, equal_var=False)
     pooled = math.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
     correction = 1 - 3 / (4 * (len(a) + len(b)) - 9)
-    g = out["diff"] / pooled * correction if pooled > 0 else float("nan")
+    # seeds that agree to rounding (e.g. every run at chance accuracy) leave no spread to scale by
+    scale = max(np.abs(a).max(), np.abs(b).max(), 1e-300)
+    g = out["diff"] / pooled * correction if pooled > 1e-9 * scale else float("nan")
     out.update(t=float(t), p=float(p), g=float(g))
     return out
+
+
+def overlap_equivalent_p(n, level=0.95):
+    """The two-sided p-value of a t-test of two samples of n equal-spread values at which their `level`
+    intervals just stop overlapping: |diff| = 2 t_{n-1} s / sqrt(n), i.e. t = sqrt(2) t_{n-1} on 2n - 2
+    degrees of freedom. Non-overlapping intervals, this report's rule, are that much stricter than the test."""
+    if n < 2:
+        return float("nan")
+    threshold = math.sqrt(2) * stats.t.ppf(0.5 + level / 2, n - 1)
+    return float(2 * stats.t.sf(threshold, 2 * n - 2))
 
 
 MIN_SEEDS = 3  # fewer finite values per condition than this: no verdict, the difference is not established

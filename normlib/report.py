@@ -105,6 +105,16 @@ PAIR_FIGURES = {"steps_to_loss": "fig_speed", "volatility": "fig_volatility", "f
                 "test_acc": "fig_test_acc"}
 
 
+def speed_text(speedup):
+    """A ratio of steps (reference / condition) in words: '1.3 times sooner', '1.2 times later' (a ratio
+    below 1, turned around so that it reads as a number above 1), or 'as soon' within rounding."""
+    if not math.isfinite(speedup) or speedup <= 0:
+        return "at no comparable point"
+    if round(speedup, 1) == 1.0 and round(1 / speedup, 1) == 1.0:
+        return "as soon (a ratio of 1.0)"
+    return f"{speedup:.1f} times sooner" if speedup > 1 else f"{1 / speedup:.1f} times later"
+
+
 def analyse_pair(histories, norm, reference="none"):
     """`norm` against `reference` on the study's criteria, per arch of the histories (steps 2 and 4).
     Glues every number and figure those pages state:
@@ -112,6 +122,7 @@ def analyse_pair(histories, norm, reference="none"):
       {arch}_val_loss_sd_{c}  standard deviation across seeds of the final validation loss;
       {arch}_target_loss      the convergence target (the reference's mean final validation loss);
       {arch}_speedup          mean steps to the target, reference / norm (censored runs count in full);
+      {arch}_speedup_text     the same in words: "1.3 times sooner", "1.2 times later" (speed_text);
       {arch}_reached_{c}      runs of condition c that reached the target (int);
       {arch}_findings         markdown bullets, one per criterion measure; n_seeds (int);
       figures fig_val_loss, fig_speed, fig_volatility, fig_final_val_loss, fig_test_acc.
@@ -127,6 +138,7 @@ def analyse_pair(histories, norm, reference="none"):
         t = table[table["arch"] == arch]
         steps = t.groupby("norm")["steps_to_loss"].mean()
         glue_value(f"{arch}_speedup", float(steps[reference] / steps[norm]))
+        glue_value(f"{arch}_speedup_text", speed_text(float(steps[reference] / steps[norm])))
         glue_value(f"{arch}_target_loss", float(t["target_loss"].iloc[0]))
         for c in conditions:
             glue_value(f"{arch}_reached_{c}", int(t.loc[t["norm"] == c, "reached"].sum()))
@@ -195,14 +207,27 @@ def readable_head_to_head(h2h, a, b):
 def glue_difference(h2h, arch, metric, key, scale=1.0):
     """Glue the difference a - b of one metric of a metrics.head_to_head table for one arch:
     {arch}_{key}_diff, _diff_lo, _diff_hi (times scale; Welch 95% CI), _diff_ci ("+0.31 [-0.52, +1.14]"),
-    _diff_p (Welch p) and {arch}_{key}_difference_established: "established" when the study's verdict
-    names a winner (non-overlapping 95% intervals), else "not established". Returns {key: value}."""
+    _diff_p (Welch p), {arch}_{key}_difference_established: "established" when the study's verdict
+    names a winner (non-overlapping 95% intervals), else "not established", and
+    {arch}_{key}_difference_text, the same with its reason, including the case where the intervals
+    overlap although Welch's test alone rejects equal means. Returns {key: value}."""
     r = h2h.set_index("metric").loc[metric]
     base = f"{arch}_{key}"
     out = {f"{base}_diff": scale * float(r["diff"]), f"{base}_diff_lo": scale * float(r["diff_lo"]),
            f"{base}_diff_hi": scale * float(r["diff_hi"]), f"{base}_diff_p": float(r["welch_p"]),
            f"{base}_difference_established": "not established" if r["winner"] == "tie" else "established"}
     out[f"{base}_diff_ci"] = format_ci(out[f"{base}_diff"], out[f"{base}_diff_lo"], out[f"{base}_diff_hi"], "{:+.2f}")
+    p = out[f"{base}_diff_p"]
+    if r["winner"] != "tie":
+        text = f"established (the two 95% intervals do not overlap; Welch p = {p:.2g})"
+    elif _isnan(p):
+        text = "not established (too few seeds for a test)"
+    elif p < 0.05:
+        text = (f"not established by this report's rule, as the two 95% intervals overlap, although Welch's "
+                f"test alone gives p = {p:.2g}")
+    else:
+        text = f"not established (the two 95% intervals overlap; Welch p = {p:.2g})"
+    out[f"{base}_difference_text"] = text
     for k, v in out.items():
         glue_value(k, v)
     return out

@@ -111,10 +111,23 @@ def compare(a, b, names, higher_is_better=False):
         test = f"{min(d['n_a'], d['n_b'])} finite result(s) for one condition; a test needs at least 2 seeds"
         text = f"not established: {test}"
     else:
-        test = f"Welch p = {d['p']:.2g}, Hedges' |g| = {abs(d['g']):.2f}"
+        test = f"{p_text(d['p'])}, {effect_text(d['g'])}"
         text = (f"not established: the 95% intervals overlap ({test})" if winner == "tie"
                 else f"{_label(winner)} better ({test})")
     return {"winner": winner, "p": d["p"], "g": d["g"], "diff": d["diff"], "test": test, "text": text}
+
+
+def p_text(p):
+    """'Welch p = 0.031'; below 1e-6 'Welch p < 1e-06' (the t model says no more than that)."""
+    return "Welch p < 1e-06" if p < 1e-6 else f"Welch p = {p:.2g}"
+
+
+def effect_text(g):
+    """"Hedges' |g| = 1.23", or, when the seeds of both conditions agree almost exactly (metrics.welch
+    gives no g), that the effect size is undefined."""
+    if not math.isfinite(g):
+        return "Hedges' g undefined (no spread within the conditions)"
+    return f"Hedges' |g| = {abs(g):.2f}"
 
 
 def _label(name):
@@ -223,7 +236,12 @@ def learning_rate_findings(table, acc_threshold, metric="final_val_acc"):
         out[f"best_acc_{norm}"] = float(table[table["norm"] == norm].groupby("lr")[metric].mean().max())
     base_lr = tops["none", "stable"] if math.isfinite(tops["none", "stable"]) else float(table["lr"].min())
     for norm in ("batch", "layer"):
-        out[f"stable_lr_ratio_{norm}"] = tops[norm, "stable"] / tops["none", "stable"]
+        ratio = tops[norm, "stable"] / tops["none", "stable"]
+        out[f"stable_lr_ratio_{norm}"] = ratio
+        out[f"stable_lr_ratio_{norm}_text"] = (
+            "not defined (a norm without a stable learning rate in the sweep)" if not math.isfinite(ratio) else
+            f"at least {ratio:.3g} times (its limit lies above the sweep)" if tops[norm, "stable"] == top_lr else
+            "the same as" if ratio == 1 else f"{ratio:.3g} times")
         out[f"at_none_max_lr_{norm}_vs_none"] = compare(
             _samples(table, metric, norm=norm, lr=base_lr), _samples(table, metric, norm="none", lr=base_lr),
             (norm, "none"), higher_is_better=True)["text"]

@@ -49,8 +49,30 @@ def test_glue_difference_in_points():
     assert out["mlp_acc_diff"] == pytest.approx(10.0)
     assert out["mlp_acc_difference_established"] == "established"
     assert out["mlp_acc_diff_ci"].startswith("+10.00 [")
+    assert out["mlp_acc_difference_text"].startswith("established (the two 95% intervals do not overlap; Welch p = ")
     tie = report.glue_difference(h2h, "mlp", "test_loss", "loss")
     assert tie["mlp_loss_difference_established"] == "not established"
+    assert tie["mlp_loss_difference_text"].startswith("not established")
+
+
+def test_difference_text_when_welch_alone_would_reject():
+    """Overlapping intervals with Welch p < 0.05: the report says not established, and why."""
+    rows = [{"arch": "mlp", "norm": norm, "seed": s, "test_acc": acc, **{m: 1.0 for _, m, _, _ in metrics.CRITERIA
+                                                                          if m != "test_acc"}}
+            for norm, accs in (("batch", (0.920, 0.915, 0.925)), ("layer", (0.908, 0.910, 0.905)))
+            for s, acc in enumerate(accs)]
+    h2h = metrics.head_to_head(pd.DataFrame(rows), "batch", "layer", "mlp")
+    r = h2h.set_index("metric").loc["test_acc"]
+    assert r["winner"] == "tie" and r["welch_p"] < 0.05  # the case this text exists for
+    out = report.glue_difference(h2h, "mlp", "test_acc", "acc", scale=100)
+    assert out["mlp_acc_difference_text"] == ("not established by this report's rule, as the two 95% intervals "
+                                              f"overlap, although Welch's test alone gives p = {r['welch_p']:.2g}")
+
+
+@pytest.mark.parametrize("speedup, text", [(1.34, "1.3 times sooner"), (1 / 1.25, "1.2 times later"),
+                                           (1.01, "as soon (a ratio of 1.0)"), (float("nan"), "at no comparable point")])
+def test_speed_text(speedup, text):
+    assert report.speed_text(speedup) == text
 
 
 def test_protocol_table_lists_every_field_with_the_protocol_values():

@@ -282,3 +282,15 @@ def test_intervals_are_clipped_to_the_values_a_metric_can_take():
     table = pd.DataFrame({"arch": "mlp", "norm": ["batch", "batch"], "test_acc": [0.9, 1.0]})
     row = metrics.summarize(table, ["arch", "norm"], ["test_acc"]).iloc[0]
     assert row["hi"] == 1.0 and row["lo"] < 0.9
+
+
+def test_overlap_equivalent_p():
+    """Two equal-spread samples whose intervals just touch give exactly this Welch p."""
+    n = 3
+    half = stats.t.ppf(0.975, n - 1) / math.sqrt(n)  # CI half-width for s = 1
+    a = np.array([-1.0, 0.0, 1.0])  # sample sd 1
+    b = a + 2 * half
+    _, p = stats.ttest_ind(a, b, equal_var=False)
+    assert metrics.overlap_equivalent_p(n) == pytest.approx(p, rel=1e-9)
+    assert metrics.overlap_equivalent_p(3) < metrics.overlap_equivalent_p(30) < 0.01  # stricter than p < 0.05
+    assert math.isnan(metrics.overlap_equivalent_p(1))

@@ -231,6 +231,8 @@ def test_learning_rate_findings():
     assert out["max_trained_lr_none"] == 0.1 and out["max_trained_lr_batch"] == 1.0
     assert out["max_stable_lr_layer_text"].startswith("10 (top of the sweep")
     assert out["stable_lr_ratio_batch"] == 1.0 and out["stable_lr_ratio_layer"] == 10.0
+    assert out["stable_lr_ratio_batch_text"] == "the same as"
+    assert out["stable_lr_ratio_layer_text"] == "at least 10 times (its limit lies above the sweep)"
     assert out["lr_compared"] == 1.0 and out["at_none_max_lr_batch_vs_none"].startswith("batch norm better")
 
 
@@ -350,3 +352,12 @@ def test_study_figures_draw():
                                  probed("batch", 0, {"step": [1, 2, 3], "quantiles": [0.15, 0.5, 0.85],
                                                      "values": values})])
     assert len(figures.percentile_traces(frame).axes) == 2
+
+
+def test_compare_without_spread_names_no_effect_size():
+    """Seeds that agree exactly (runs at chance level) give no Hedges' g, and a tiny p is floored."""
+    c = studies.compare([0.1, 0.1, 0.1], [0.8, 0.81, 0.82], ("none", "layer"), higher_is_better=True)
+    assert c["winner"] == "layer"
+    assert "Hedges' g undefined (no spread within the conditions)" not in c["text"]  # one side has spread
+    c = studies.compare([0.1, 0.1, 0.1], [0.8 + 1e-14, 0.8, 0.8 - 1e-14], ("none", "layer"), higher_is_better=True)
+    assert c["text"] == "layer norm better (Welch p < 1e-06, Hedges' g undefined (no spread within the conditions))"
