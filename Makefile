@@ -9,7 +9,7 @@ PROFILE ?= default
 SET ?=
 PY := $(VENV)/bin/python
 
-.PHONY: report test setup kernels data browser benchmark clean
+.PHONY: report test setup kernels data browser benchmark readme-figure clean
 
 report: setup kernels data
 	$(PY) -m normlib.pipeline --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
@@ -19,6 +19,10 @@ test: setup kernels data browser
 
 benchmark: setup kernels data
 	$(PY) benchmarks/bench.py
+
+# The README's figure, from the last `make report` (book/images/overview.png, committed)
+readme-figure: setup
+	$(PY) -m normlib.pipeline --readme-figure
 
 setup: $(VENV)/.installed
 

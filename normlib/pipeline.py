@@ -470,6 +470,44 @@ def glue_keys(nb_path):
             for out in cell.get("outputs", []) if "scrapbook" in out.get("metadata", {})}
 
 
+def glued_png(nb_path, key):
+    """The PNG bytes of the figure glued under `key` in an executed notebook (PipelineError if absent)."""
+    import base64
+
+    try:
+        nb = json.loads(Path(nb_path).read_text())
+    except (OSError, ValueError):
+        raise PipelineError(f"cannot read executed notebook {nb_path}: run the pipeline first") from None
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []):
+            if out.get("metadata", {}).get("scrapbook", {}).get("name") == key:
+                data = out.get("data", {})
+                png = data.get("image/png") or data.get("application/papermill.record/image/png")
+                if png:
+                    return base64.b64decode("".join(png) if isinstance(png, list) else png)
+    raise PipelineError(f"{nb_path}: no figure glued as {key!r}")
+
+
+# The README's figure: the validation curves of step 5, every condition, both networks.
+README_FIGURE = ("step5_comparison", "fig_val_loss", Path("book") / "images" / "overview.png")
+
+
+def export_readme_figure(root):
+    """Copy the README's figure out of the last build's executed notebook into book/images/."""
+    name, key, dest = README_FIGURE
+    png = glued_png(Path(root) / "book" / "notebooks" / f"{name}.ipynb", key)
+    write_bytes_atomic(Path(root) / dest, png)
+    return Path(root) / dest
+
+
+def write_bytes_atomic(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def _page_text(path):
     if path.suffix == ".ipynb":
         nb = json.loads(path.read_text())
@@ -558,6 +596,9 @@ def parse_args(argv):
                     help="notebooks executed at once (default: the profile's jobs, else 1); a notebook still "
                          "waits for those it reads from (its metadata normlab.after)")
     ap.add_argument("--root", default=str(ROOT), help="repository root (default: this checkout)")
+    ap.add_argument("--readme-figure", action="store_true",
+                    help=f"run nothing: copy the last build's {README_FIGURE[1]} ({README_FIGURE[0]}) to "
+                         f"{README_FIGURE[2]}, the README's figure")
     return ap.parse_args(argv)
 
 
@@ -786,7 +827,10 @@ def main(argv=None):
     args = parse_args(argv)
     logging.getLogger("papermill").setLevel(logging.ERROR)  # its warnings are checked and reported above
     try:
-        run(args)
+        if args.readme_figure:
+            print(f"wrote {export_readme_figure(Path(args.root).resolve())}")
+        else:
+            run(args)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.code

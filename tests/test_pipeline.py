@@ -365,3 +365,27 @@ def test_a_failure_with_two_jobs_stops_the_rest_and_names_the_cell(book):
     assert "[1/2] alpha ... failed" in proc.stdout and "beta started" not in proc.stdout
     assert not (book / "book" / "notebooks" / "alpha.ipynb").exists() and not (book / "_build").exists()
     assert (book / "results" / "failed" / "alpha.ipynb").exists()
+
+
+def _executed(outputs):
+    return {"cells": [{"cell_type": "code", "source": "", "metadata": {}, "execution_count": 1, "outputs": outputs}],
+            "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+def test_readme_figure_is_copied_from_the_executed_notebook(tmp_path):
+    import base64
+    png = b"\x89PNG\r\n\x1a\n a glued figure"
+    name, key, dest = pipeline.README_FIGURE
+    book_nbs = tmp_path / "book" / "notebooks"
+    book_nbs.mkdir(parents=True)
+    glued = {"output_type": "display_data", "metadata": {"scrapbook": {"name": key, "mime_prefix": ""}},
+             "data": {"application/papermill.record/image/png": base64.b64encode(png).decode()}}
+    (book_nbs / f"{name}.ipynb").write_text(json.dumps(_executed([glued])))
+    assert pipeline.export_readme_figure(tmp_path) == tmp_path / dest
+    assert (tmp_path / dest).read_bytes() == png
+    (book_nbs / f"{name}.ipynb").write_text(json.dumps(_executed([])))
+    with pytest.raises(pipeline.PipelineError, match=f"no figure glued as '{key}'"):
+        pipeline.export_readme_figure(tmp_path)
+    (book_nbs / f"{name}.ipynb").unlink()
+    with pytest.raises(pipeline.PipelineError, match="run the pipeline first"):
+        pipeline.export_readme_figure(tmp_path)
