@@ -64,7 +64,7 @@ def ext(verbose=False):
             # -fopenmp: at::parallel_for splits the loops over torch's own OpenMP threads (the libgomp
             # that torch loaded, so torch.set_num_threads applies to them too)
             _ext = cpp_extension.load(name="normlib_kernels", sources=[str(SOURCE)],
-                                      extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                                      extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"],
                                       extra_ldflags=["-fopenmp"], verbose=verbose, **where)
         except (OSError, RuntimeError, ImportError) as e:
             detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
