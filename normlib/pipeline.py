@@ -505,6 +505,7 @@ def write_bytes_atomic(path, data):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; this one is committed
     os.replace(tmp, path)
 
 
