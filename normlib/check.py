@@ -5,7 +5,7 @@ custom layers against the built-ins. Used by tests/test_norms.py and the impleme
 
 `kernel` selects which from-scratch implementation is checked: "python", the reference pairs of
 normlib.norms (PyTorch ops, every kind), or "cpp", the fused C++ kernels of normlib/kernels.cpp
-(batch and layer norm, CPU), which the custom layers use on CPU.
+(batch, layer and group norm, CPU), which the custom layers use on CPU.
 
 `shape` is always the input shape, (N, C) or (N, C, H, W). For kind "weight" the input feeds a
 weight-normalized nn.Linear(C, C) (2-D) or nn.Conv2d(C, C, 3, padding=1) (4-D): its weight is v.
@@ -30,13 +30,13 @@ from normlib.norms import (BatchNormFn, GroupNormFn, LayerNormFn, WeightNormFn, 
                            weight_norm_backward, weight_norm_forward)
 
 CHECK_KINDS = ("batch", "layer", "group", "weight")
-KERNEL_KINDS = ("batch", "layer")  # the kinds with a fused C++ kernel besides the reference pair
+KERNEL_KINDS = ("batch", "layer", "group")  # the kinds with a fused C++ kernel besides the reference pair
 KERNELS = {"python": "reference pair (PyTorch ops)", "cpp": "fused C++ kernel"}
 EPS = 1e-5
 
 
 def kernels_of(kind):
-    """The from-scratch implementations of kind: ("python", "cpp") for batch and layer norm, else ("python",)."""
+    """The from-scratch implementations of kind: ("python", "cpp") for batch, layer and group norm, else ("python",)."""
     return ("python", "cpp") if kind in KERNEL_KINDS else ("python",)
 
 
@@ -93,6 +93,8 @@ def _custom(kind, t, groups, kernel="python"):
         ext, x = kernels.ext(), t["x"]
         if kind == "layer":
             return ext.layer_norm(x, t["gamma"], t["beta"], EPS)
+        if kind == "group":
+            return ext.group_norm(x, t["gamma"], t["beta"], group_count(x.shape[1], groups), EPS)
         c = x.shape[1]  # batch norm; fresh running statistics, updated and dropped
         running = torch.zeros(c, dtype=x.dtype), torch.ones(c, dtype=x.dtype)
         return ext.batch_norm_train(x, t["gamma"], t["beta"], *running, 0.1, EPS)
@@ -133,23 +135,27 @@ def compare_to_builtin(kind, shape, dtype=torch.float64, seed=0, groups=8, kerne
     return {name: {"abs": max_abs(a, b), "rel": rel_error(a, b)} for name, a, b in pairs}
 
 
-def _kernel_pair(kind, t):
+def _kernel_pair(kind, t, groups):
     """_pure_pair for the C++ kernels: forward() -> (y, (mean, inv_std)), backward(dy, cache) -> gradients."""
     ext, x, gamma, beta = kernels.ext(), t["x"], t["gamma"], t["beta"]
+    g = (group_count(x.shape[1], groups),) if kind == "group" else ()  # group norm's extra argument
+    pure_forward, pure_backward = {"batch": (ext.batch_norm_forward, ext.batch_norm_backward),
+                                   "layer": (ext.layer_norm_forward, ext.layer_norm_backward),
+                                   "group": (ext.group_norm_forward, ext.group_norm_backward)}[kind]
 
     def forward():
-        y, mean, *rest = (ext.batch_norm_forward if kind == "batch" else ext.layer_norm_forward)(x, gamma, beta, EPS)
-        return y, (mean, rest[-1])  # rest: (var, inv_std) for batch norm, (inv_std,) for layer norm
+        y, mean, *rest = pure_forward(x, gamma, beta, *g, EPS)
+        return y, (mean, rest[-1])  # rest: (var, inv_std) for batch norm, (inv_std,) for the others
 
     def backward(dy, cache):
-        return (ext.batch_norm_backward if kind == "batch" else ext.layer_norm_backward)(dy, x, *cache, gamma)
+        return pure_backward(dy, x, *cache, gamma, *g)
     return forward, backward, ("x", "gamma", "beta")
 
 
 def _pure_pair(kind, t, groups, kernel="python"):
     """(forward, backward, names of the differentiated inputs) of the pure functions of kind."""
     if kernel == "cpp":
-        return _kernel_pair(kind, t)
+        return _kernel_pair(kind, t, groups)
     if kind == "batch":
         return lambda: batch_norm_forward(t["x"], t["gamma"], t["beta"], EPS), batch_norm_backward, ("x", "gamma", "beta")
     if kind == "layer":

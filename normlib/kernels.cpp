@@ -1,18 +1,20 @@
-// Fused CPU kernels for normlib's from-scratch batch norm and layer norm.
+// Fused CPU kernels for normlib's from-scratch batch norm, layer norm and group norm.
 //
 // The same formulas as the reference pairs in normlib/norms.py (batch_norm_forward/backward,
-// Ioffe & Szegedy 2015, Alg. 1; layer_norm_forward/backward, Ba et al. 2016, eq. 4), written as
+// Ioffe & Szegedy 2015, Alg. 1; layer_norm_forward/backward, Ba et al. 2016, eq. 4;
+// group_norm_forward/backward, Wu & He 2018, eq. 1-3), written as
 // loops over the data so that each pass reads every value once: the PyTorch-op pairs take 10 to
 // 20 tensor ops per layer call, each a pass over memory plus dispatch overhead, and a Python
 // autograd.Function around them costs more than torch's whole built-in layer at MLP shapes.
 // Here a C++ autograd::Function wraps each pair, so a layer call is one step into C++.
 //
 // Layouts: batch norm reads x as (N, C, L) with L = H*W (1 after a Linear); layer norm as (N, K),
-// one row of K values per example. Statistics take two passes, the mean, then the centred squares, as the
-// reference pairs do; sums run in 16 vector lanes of the input's type, added into doubles every
-// 512 elements, and the mean and inverse standard deviation are kept in double. Work is split across
-// threads by channel (batch norm) or by fixed blocks of rows (layer norm), and partial sums
-// are combined in a fixed order, so the result does not depend on the number of threads.
+// one row of K values per example; group norm as (N*G, C/G*L), one row per example and group.
+// Statistics take two passes, the mean, then the centred squares, as the reference pairs do; sums
+// run in 16 vector lanes of the input's type, added into doubles every 512 elements, and the mean
+// and inverse standard deviation are kept in double. Work is split across threads by channel
+// (batch norm), by fixed blocks of rows (layer norm) or by row (group norm), and partial sums are
+// combined in a fixed order, so the result does not depend on the number of threads.
 // Compiled on first use by normlib/kernels.py (torch.utils.cpp_extension.load).
 #include <torch/extension.h>
 
@@ -281,6 +283,88 @@ void ln_backward_loops(const T* __restrict__ dy, const T* __restrict__ x, const 
   });
 }
 
+// Group norm forward on x (N, C, L), G groups of Cg = C/G channels: per (example, group), a contiguous
+// row of Cg*L values, the mean and biased variance, then per channel y = x_hat * gamma[c] + beta[c].
+template <typename T>
+void gn_forward_loops(const T* __restrict__ x, const T* __restrict__ gamma, const T* __restrict__ beta,
+                      T* __restrict__ y, double* __restrict__ mean, double* __restrict__ inv_std, int64_t n,
+                      int64_t c, int64_t l, int64_t groups, double eps) {
+  const int64_t cg = c / groups, k = cg * l;
+  at::parallel_for(0, n * groups, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* row = x + r * k;
+      const double mu = lane_sum<T>(k, [&](int64_t j) { return row[j]; }) / k;
+      const T mu_t = static_cast<T>(mu);
+      const double var = lane_sum<T>(k, [&](int64_t j) { const T d = row[j] - mu_t; return d * d; }) / k;
+      mean[r] = mu;
+      inv_std[r] = 1.0 / std::sqrt(var + eps);
+      const T inv = static_cast<T>(inv_std[r]);
+      for (int64_t q = 0; q < cg; ++q) {  // the group's channels
+        const int64_t ch = (r % groups) * cg + q;
+        const T a = inv * gamma[ch], b = beta[ch];
+        const T* in = row + q * l;
+        T* out = y + r * k + q * l;
+        for (int64_t j = 0; j < l; ++j) out[j] = (in[j] - mu_t) * a + b;
+      }
+    }
+  });
+}
+
+// Group norm backward: per (example, group) row, with dx_hat = gamma[c] * dy,
+// dx = inv_std * (dx_hat - sum(dx_hat)/K - x_hat * sum(dx_hat * x_hat)/K)   (K = Cg*L);
+// per channel dgamma = sum over (N, L) of dy * x_hat, dbeta = sum of dy, from per-(example, channel)
+// sums added over the examples in order.
+template <typename T>
+void gn_backward_loops(const T* __restrict__ dy, const T* __restrict__ x, const double* __restrict__ mean,
+                       const double* __restrict__ inv_std, const T* __restrict__ gamma, T* __restrict__ dx,
+                       T* __restrict__ dgamma, T* __restrict__ dbeta, int64_t n, int64_t c, int64_t l,
+                       int64_t groups) {
+  const int64_t cg = c / groups, k = cg * l;
+  std::vector<double> part_g(n * c), part_b(n * c);  // per (example, channel): sum(dy * x_hat), sum(dy)
+  at::parallel_for(0, n * groups, std::max<int64_t>(1, 8192 / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T mu = static_cast<T>(mean[r]), inv = static_cast<T>(inv_std[r]);
+      const int64_t c0 = (r % groups) * cg, e = r / groups;
+      double s1 = 0.0, s2 = 0.0;  // sum(dx_hat), sum(dx_hat * (x - mean)) over the row
+      for (int64_t q = 0; q < cg; ++q) {
+        const T *g = dy + r * k + q * l, *in = x + r * k + q * l;
+        double sums[2] = {0.0, 0.0};
+        if (l < 2 * LANES) {  // few values per channel (after a Linear, l = 1): a plain loop
+          for (int64_t j = 0; j < l; ++j) {
+            sums[0] += g[j];
+            sums[1] += g[j] * (in[j] - mu);
+          }
+        } else {
+          lane_sums<T, 2>(l, [&](int64_t j, T (&terms)[2]) {
+            terms[0] = g[j];
+            terms[1] = g[j] * (in[j] - mu);
+          }, sums);
+        }
+        part_b[e * c + c0 + q] = sums[0];
+        part_g[e * c + c0 + q] = sums[1] * inv_std[r];
+        s1 += gamma[c0 + q] * sums[0];
+        s2 += gamma[c0 + q] * sums[1];
+      }
+      const T k1 = static_cast<T>(s1 / k), k2 = static_cast<T>(s2 * inv_std[r] / k);
+      for (int64_t q = 0; q < cg; ++q) {
+        const T gq = gamma[c0 + q];
+        const T *g = dy + r * k + q * l, *in = x + r * k + q * l;
+        T* out = dx + r * k + q * l;
+        for (int64_t j = 0; j < l; ++j) out[j] = inv * (g[j] * gq - k1 - (in[j] - mu) * inv * k2);
+      }
+    }
+  });
+  for (int64_t ch = 0; ch < c; ++ch) {
+    double sg = 0.0, sb = 0.0;
+    for (int64_t e = 0; e < n; ++e) {
+      sg += part_g[e * c + ch];
+      sb += part_b[e * c + ch];
+    }
+    dgamma[ch] = static_cast<T>(sg);
+    dbeta[ch] = static_cast<T>(sb);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // the pairs on tensors of any shape: batch norm reads x (N, C, *S) as (N, C, L), layer norm
 // x (N, *F) as (N, K); outputs keep the inputs' shapes (no views, so a layer call is a few ops)
@@ -359,6 +443,47 @@ std::vector<Tensor> layer_norm_backward(const Tensor& dy_, const Tensor& x_, con
   return {dx, dgamma, dbeta};
 }
 
+// x: (N, C, *S); gamma, beta: C values; C divisible by groups. Returns y (like x) and float64 (N*G,)
+// mean and inv_std, one per (example, group).
+std::vector<Tensor> group_norm_forward(const Tensor& x_, const Tensor& gamma_, const Tensor& beta_, int64_t groups,
+                                       double eps) {
+  check_input(x_, "x");
+  TORCH_CHECK(x_.dim() >= 2, "group_norm_forward: x must be (N, C, *S), got ", x_.sizes());
+  const Tensor x = x_.contiguous(), gamma = gamma_.contiguous(), beta = beta_.contiguous();
+  const int64_t n = x.size(0), c = x.size(1), l = n * c ? x.numel() / (n * c) : 0;
+  TORCH_CHECK(groups > 0 && c % groups == 0, "group_norm_forward: ", c, " channels are not divisible by ", groups,
+              " groups");
+  TORCH_CHECK(gamma.numel() == c && beta.numel() == c, "group_norm_forward: gamma and beta need ", c, " values");
+  Tensor y = torch::empty_like(x);
+  auto f64 = x.options().dtype(at::kDouble);
+  Tensor mean = torch::empty({n * groups}, f64), inv_std = torch::empty({n * groups}, f64);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_forward", [&] {
+    gn_forward_loops(x.data_ptr<scalar_t>(), gamma.data_ptr<scalar_t>(), beta.data_ptr<scalar_t>(),
+                     y.data_ptr<scalar_t>(), mean.data_ptr<double>(), inv_std.data_ptr<double>(), n, c, l, groups,
+                     eps);
+  });
+  return {y, mean, inv_std};
+}
+
+// dy, x: (N, C, *S); mean, inv_std: float64 (N*G,); gamma: C values. Returns dx (like x), dgamma, dbeta.
+std::vector<Tensor> group_norm_backward(const Tensor& dy_, const Tensor& x_, const Tensor& mean_,
+                                        const Tensor& inv_std_, const Tensor& gamma_, int64_t groups) {
+  TORCH_CHECK(dy_.sizes() == x_.sizes() && x_.dim() >= 2, "group_norm_backward: dy and x must be (N, C, *S)");
+  check_backward_inputs(dy_, x_, gamma_, mean_, inv_std_);
+  const Tensor dy = dy_.contiguous(), x = x_.contiguous(), gamma = gamma_.contiguous();
+  const Tensor mean = mean_.contiguous(), inv_std = inv_std_.contiguous();
+  const int64_t n = x.size(0), c = x.size(1), l = n * c ? x.numel() / (n * c) : 0;
+  TORCH_CHECK(groups > 0 && c % groups == 0 && mean.numel() == n * groups,
+              "group_norm_backward: mean and inv_std need one value per (example, group)");
+  Tensor dx = torch::empty_like(x), dgamma = torch::empty_like(gamma), dbeta = torch::empty_like(gamma);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "group_norm_backward", [&] {
+    gn_backward_loops(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), mean.data_ptr<double>(),
+                      inv_std.data_ptr<double>(), gamma.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
+                      dgamma.data_ptr<scalar_t>(), dbeta.data_ptr<scalar_t>(), n, c, l, groups);
+  });
+  return {dx, dgamma, dbeta};
+}
+
 // ---------------------------------------------------------------------------------------------
 // autograd: each pair as one differentiable op (first derivatives)
 
@@ -394,6 +519,22 @@ struct LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
   }
 };
 
+struct GroupNormFunction : public torch::autograd::Function<GroupNormFunction> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_t groups,
+                        double eps) {
+    auto out = group_norm_forward(x, gamma, beta, groups, eps);  // y, mean, inv_std
+    ctx->save_for_backward({x, gamma, out[1], out[2]});
+    ctx->saved_data["groups"] = groups;
+    return out[0];
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto s = ctx->get_saved_variables();
+    auto g = group_norm_backward(grads[0], s[0], s[2], s[3], s[1], ctx->saved_data["groups"].toInt());
+    return {g[0], g[1], g[2], Tensor(), Tensor()};
+  }
+};
+
 // Batch norm in training mode: normalize with the batch statistics and update the running ones
 // in place, as torch does (running_var from the unbiased variance, momentum p: r = (1 - p) r + p s).
 Tensor batch_norm_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, Tensor running_mean,
@@ -418,6 +559,10 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, doub
   return LayerNormFunction::apply(x, gamma, beta, eps);
 }
 
+Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_t groups, double eps) {
+  return GroupNormFunction::apply(x, gamma, beta, groups, eps);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -426,6 +571,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("batch_norm_backward", &batch_norm_backward, "dy, x, mean, inv_std, gamma -> dx, dgamma, dbeta");
   m.def("layer_norm_forward", &layer_norm_forward, "x (N, *F), gamma, beta, eps -> y, mean, inv_std");
   m.def("layer_norm_backward", &layer_norm_backward, "dy, x, mean, inv_std, gamma -> dx, dgamma, dbeta");
+  m.def("group_norm_forward", &group_norm_forward, "x (N, C, *S), gamma, beta, groups, eps -> y, mean, inv_std");
+  m.def("group_norm_backward", &group_norm_backward, "dy, x, mean, inv_std, gamma, groups -> dx, dgamma, dbeta");
   m.def("batch_norm_train", &batch_norm_train, "training-mode batch norm, updating the running statistics");
   m.def("layer_norm", &layer_norm, "layer norm over all dimensions but the first");
+  m.def("group_norm", &group_norm, "group norm: layer norm within each group of channels, per-channel affine");
 }

@@ -10,8 +10,8 @@
 Each normalization is a pure pair, cs231n style: `*_forward` returns the output and a cache,
 `*_backward` takes the upstream gradient and that cache and returns one gradient per input.
 A `torch.autograd.Function` wraps each pair and an `nn.Module` holds the parameters, so the
-layers drop into a network like torch's. On CPU the batch-norm and layer-norm modules call the
-same formulas as fused C++ loops (normlib/kernels.cpp, via normlib.kernels), which cost about
+layers drop into a network like torch's. On CPU the batch-norm, layer-norm and group-norm modules
+call the same formulas as fused C++ loops (normlib/kernels.cpp, via normlib.kernels), which cost about
 what torch's built-ins cost; the pairs here remain the definition, and run on other devices.
 All of them are checked against torch's built-ins and finite differences in normlib.check
 and tests/test_norms.py.
@@ -307,6 +307,8 @@ class GroupNorm(nn.Module):
         c = self.num_channels
         if x.dim() < 2 or x.shape[1] != c:
             raise ValueError(f"GroupNorm expected input of shape (N, {c}, ...), got {tuple(x.shape)}")
+        if kernels.use_cpp(x):
+            return kernels.ext().group_norm(x, self.weight, self.bias, self.num_groups, self.eps)
         return GroupNormFn.apply(x, self.weight, self.bias, self.num_groups, self.eps)
 
     def extra_repr(self):

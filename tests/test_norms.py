@@ -12,7 +12,7 @@ from torch.autograd.gradcheck import GradcheckError
 from normlib import grid, kernels
 from normlib.check import (compare_to_builtin, gradcheck, kernels_of, max_abs, numeric_gradient_errors,
                            rel_error)
-from normlib.norms import (BatchNorm, BatchNormFn, GroupNorm, LayerNorm, LayerNormFn, WeightNormConv2d,
+from normlib.norms import (BatchNorm, BatchNormFn, GroupNorm, GroupNormFn, LayerNorm, LayerNormFn, WeightNormConv2d,
                            WeightNormFn, WeightNormLinear, data_dependent_init, group_count, make_norm,
                            weight_norm)
 
@@ -99,20 +99,24 @@ def test_gradcheck_can_fail():
 
 @pytest.mark.parametrize("shape", [(16, 12), (6, 8, 3, 4), (3, 5, 7, 7)])
 def test_kernels_match_reference_pairs(shape):
-    """Outputs, gradients and running statistics of the C++ kernels and the PyTorch-op pairs, float64."""
+    """Outputs and gradients of the C++ kernels and the PyTorch-op pairs, float64."""
     x, dy = 5 * randn(*shape) + 12, randn(*shape, seed=1)
     c = shape[1]
-    gb = {"batch": (randn(c, seed=2), randn(c, seed=3)), "layer": (randn(*shape[1:], seed=2), randn(*shape[1:], seed=3))}
-    for kind in ("batch", "layer"):
+    per_channel = (randn(c, seed=2), randn(c, seed=3))
+    gb = {"batch": per_channel, "group": per_channel, "layer": (randn(*shape[1:], seed=2), randn(*shape[1:], seed=3))}
+    groups = group_count(c, 4)
+    for kind in ("batch", "layer", "group"):
         results = {}
         for name in ("cpp", "python"):
             t = [v.clone().requires_grad_() for v in (x, *gb[kind])]
             running = (torch.zeros(c, dtype=f64), torch.ones(c, dtype=f64))
-            if name == "cpp":
-                y = (kernels.ext().batch_norm_train(*t, *running, 0.1, 1e-5) if kind == "batch"
-                     else kernels.ext().layer_norm(*t, 1e-5))
-            else:
-                y = BatchNormFn.apply(*t, 1e-5)[0] if kind == "batch" else LayerNormFn.apply(*t, 1e-5)
+            ext = kernels.ext()
+            y = {("cpp", "batch"): lambda: ext.batch_norm_train(*t, *running, 0.1, 1e-5),
+                 ("cpp", "layer"): lambda: ext.layer_norm(*t, 1e-5),
+                 ("cpp", "group"): lambda: ext.group_norm(*t, groups, 1e-5),
+                 ("python", "batch"): lambda: BatchNormFn.apply(*t, 1e-5)[0],
+                 ("python", "layer"): lambda: LayerNormFn.apply(*t, 1e-5),
+                 ("python", "group"): lambda: GroupNormFn.apply(*t, groups, 1e-5)}[name, kind]()
             results[name] = [y, *torch.autograd.grad(y, t, dy)]
         for a, b in zip(results["cpp"], results["python"]):
             assert rel_error(a, b) <= 1e-12, kind
@@ -127,7 +131,7 @@ def test_kernels_do_not_depend_on_the_thread_count(shape):
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            for kind in ("batch", "layer"):
+            for kind in ("batch", "layer", "group"):
                 layer = make_norm(kind, shape[1:])
                 xi = x.clone().requires_grad_()
                 y = layer(xi)
