@@ -481,7 +481,7 @@ def main(argv=None):
     floor = python_floor(device, calls)
     print(f"floor: a Python autograd.Function that only copies, forward and backward, at {MLP_SHAPE} takes "
           f"{floor['of_batch_norm']:.2f} of BatchNorm1d's time and {floor['of_layer_norm']:.2f} of LayerNorm's "
-          f"(normlib's batch and layer norm run as C++ autograd Functions on CPU, below that floor)", flush=True)
+          f"(normlib's batch, layer and group norm run as C++ autograd Functions on CPU, below that floor)", flush=True)
     context = {"builtin_layer_norm_over_groupnorm": builtin_layer_norm_vs_groupnorm(device, calls)}
     print(f"context: torch's own nn.LayerNorm takes {context['builtin_layer_norm_over_groupnorm']:.2f} times as long as "
           f"nn.GroupNorm(1, {CNN_SHAPE[1]}) at {CNN_SHAPE}, forward + backward", flush=True)

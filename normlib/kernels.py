@@ -1,4 +1,4 @@
-"""The fused CPU kernels of the from-scratch batch norm and layer norm (normlib/kernels.cpp).
+"""The fused CPU kernels of the from-scratch batch norm, layer norm and group norm (normlib/kernels.cpp).
 
 The reference pairs in normlib.norms (PyTorch ops, cs231n style) are the readable definition;
 kernels.cpp computes the same formulas in loops that read each value once, behind a C++
@@ -75,11 +75,11 @@ def ext(verbose=False):
 
 
 def main():
-    if backend() == "python":
-        print("NORMLIB_KERNELS=python: the custom layers use the PyTorch-op reference pairs; nothing to build")
-        return 0
     t0 = time.perf_counter()
     try:
+        if backend() == "python":
+            print("NORMLIB_KERNELS=python: the custom layers use the PyTorch-op reference pairs; nothing to build")
+            return 0
         ext()
     except KernelError as e:
         print(f"error: {e}", file=sys.stderr)
