@@ -367,7 +367,7 @@ def test_a_failure_with_two_jobs_stops_the_rest_and_names_the_cell(book):
     assert (book / "results" / "failed" / "alpha.ipynb").exists()
 
 
-def _executed(outputs):
+def _notebook_with(outputs):
     return {"cells": [{"cell_type": "code", "source": "", "metadata": {}, "execution_count": 1, "outputs": outputs}],
             "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 
@@ -380,10 +380,10 @@ def test_readme_figure_is_copied_from_the_executed_notebook(tmp_path):
     book_nbs.mkdir(parents=True)
     glued = {"output_type": "display_data", "metadata": {"scrapbook": {"name": key, "mime_prefix": ""}},
              "data": {"application/papermill.record/image/png": base64.b64encode(png).decode()}}
-    (book_nbs / f"{name}.ipynb").write_text(json.dumps(_executed([glued])))
+    (book_nbs / f"{name}.ipynb").write_text(json.dumps(_notebook_with([glued])))
     assert pipeline.export_readme_figure(tmp_path) == tmp_path / dest
     assert (tmp_path / dest).read_bytes() == png
-    (book_nbs / f"{name}.ipynb").write_text(json.dumps(_executed([])))
+    (book_nbs / f"{name}.ipynb").write_text(json.dumps(_notebook_with([])))
     with pytest.raises(pipeline.PipelineError, match=f"no figure glued as '{key}'"):
         pipeline.export_readme_figure(tmp_path)
     (book_nbs / f"{name}.ipynb").unlink()
