@@ -1,6 +1,6 @@
 """normlab benchmark: normlib's trainer and layers against idiomatic PyTorch, on this machine.
 
-    python benchmarks/bench.py                    # about 2 minutes on 2 CPU cores
+    python benchmarks/bench.py                    # about 4 minutes on 2 CPU cores
     python benchmarks/bench.py --quick            # smoke run, well under a minute
     python benchmarks/bench.py --profiles quick   # also time the quick pipeline, cold then warm
     python benchmarks/bench.py --json PATH        # where to write the numbers (default results/benchmark.json)
@@ -15,7 +15,9 @@ What is measured (one run, side by side, ratios printed with the machine they we
    against nn.GroupNorm(1, C), torch's per-example alternative;
 3. CNN training throughput in GFLOP/s (matmul and conv FLOPs of forward plus backward, counted by
    torch.utils.flop_counter) as a fraction of an fp32 matrix-multiply peak measured in the same run;
-4. with --profiles, wall time of `python -m normlib.pipeline --profile P` on a fresh copy of this
+4. a grid of small trials through normlib.grid.run_grid with two local worker processes against one
+   (in-process), from an empty cache;
+5. with --profiles, wall time of `python -m normlib.pipeline --profile P` on a fresh copy of this
    working tree (cold: no cached trial, no built book), then of the same command again with
    nothing changed (warm). The copy lives in a temporary folder: this checkout is not touched.
 
@@ -356,7 +358,35 @@ def bench_peak(data, device, steps, warm, repeats):
 
 
 # ----------------------------------------------------------------------------
-# 4. wall time of the pipeline's profiles, cold (empty results folder) and warm (nothing changed)
+# 4. a grid of small trials: two local worker processes against one (normlib.grid.run_grid)
+
+def bench_grid(trials, epochs, train_size):
+    """Wall time of run_grid on `trials` small MLP trials (batch norm, `epochs` on train_size images,
+    a few seconds each), computed from scratch (empty cache) with workers=1 (in-process) and then with
+    workers=2 (two spawned processes, one torch thread each; their start-up, a few seconds of importing
+    torch and torchvision and loading the data, counts). Both give the same Histories (checked).
+    Returns one result: rate = trials per second, ratio two / one."""
+    from normlib.grid import run_grid
+
+    configs = [TrainConfig(arch="mlp", norm="batch", epochs=epochs, train_size=train_size, val_size=1000, seed=s,
+                           device="cpu") for s in range(trials)]
+    times, results = {}, {}
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as cache:
+            start = time.perf_counter()
+            results[workers] = run_grid(configs, workers=workers, cache=cache, progress=False)
+            times[workers] = [time.perf_counter() - start]
+    same = all(a.step_loss == b.step_loss and a.test_acc == b.test_acc for a, b in zip(results[1], results[2]))
+    per_trial = statistics.median(h.wall_time for h in results[1])
+    note = (f"{trials} trials (MLP + batch norm, {epochs} epoch(s) on {train_size} images, {per_trial:.1f} s each "
+            f"in-process), empty cache; reference: workers=1 (in-process); identical results: {same}")
+    res = result(times[2], times[1], 1.6, "trials/s", note, work=(trials, trials))
+    res["identical_results"] = same
+    return {"grid_two_workers_vs_one": res}
+
+
+# ----------------------------------------------------------------------------
+# 5. wall time of the pipeline's profiles, cold (empty results folder) and warm (nothing changed)
 
 SKIP = {".git", ".venv", "data", "results", "_build", ".build-tmp", ".build-old", "book/notebooks", ".pytest_cache"}
 
@@ -474,7 +504,8 @@ def main(argv=None):
     results = {}
     for section in (lambda: bench_training(data, device, steps, warm, repeats),
                     lambda: bench_layers(device, calls),
-                    lambda: bench_peak(data, device, steps // 3 + warm // 2, warm // 2, repeats)):
+                    lambda: bench_peak(data, device, steps // 3 + warm // 2, warm // 2, repeats),
+                    lambda: bench_grid(4 if args.quick else 16, 1 if args.quick else 3, 2000 if args.quick else 20000)):
         for name, r in section().items():
             results[name] = r
             print(line(name, r), flush=True)

@@ -13,7 +13,7 @@ from normlib.paths import data_dir
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = {"train_vs_torchvision", "train_vs_bare", "batch_norm_mlp", "layer_norm_mlp", "batch_norm_cnn",
-        "layer_norm_cnn", "layer_norm_cnn_vs_groupnorm", "cnn_fraction_of_peak"}
+        "layer_norm_cnn", "layer_norm_cnn_vs_groupnorm", "cnn_fraction_of_peak", "grid_two_workers_vs_one"}
 NUMBERS = ("ours", "reference", "ratio", "ratio_of_medians", "target")
 
 
@@ -36,4 +36,8 @@ def test_quick_benchmark_writes_every_measurement(tmp_path):
     assert report["results"]["cnn_fraction_of_peak"]["flops_per_example"] > 0
     floor = report["python_function_floor"]
     assert all(math.isfinite(floor[k]) and floor[k] > 0 for k in ("copy_function_seconds", "of_batch_norm", "of_layer_norm"))
+    assert report["results"]["grid_two_workers_vs_one"]["identical_results"] is True  # whichever executor ran them
+    context = report["context"]
+    assert all(math.isfinite(context[k]) and context[k] > 0 for k in
+               ("builtin_layer_norm_over_groupnorm", "mlp_matmul_ceiling_examples_per_s", "ceiling_vs_torchvision"))
     assert not list(tmp_path.glob(".*.tmp"))  # the JSON was written atomically
