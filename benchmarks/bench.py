@@ -363,8 +363,8 @@ def bench_peak(data, device, steps, warm, repeats):
 def bench_grid(trials, epochs, train_size):
     """Wall time of run_grid on `trials` small MLP trials (batch norm, `epochs` on train_size images,
     a few seconds each), computed from scratch (empty cache) with workers=1 (in-process) and then with
-    workers=2 (two spawned processes, one torch thread each; their start-up, a few seconds of importing
-    torch and torchvision and loading the data, counts). Both give the same Histories (checked).
+    workers=2 (two spawned processes, one torch thread each; their start-up counts: importing torch
+    and reading the stored splits, about two seconds). Both give the same Histories (checked).
     Returns one result: rate = trials per second, ratio two / one."""
     from normlib.grid import run_grid
 

@@ -8,6 +8,12 @@ The build machines have no internet, so the raw IDX files are looked for in this
 3. torchvision's download, on a machine that is online.
 Every file is verified by size and sha256 before use. Loading goes through
 ``torchvision.datasets.FashionMNIST``; batching later is plain tensor indexing.
+
+The splits built from them (the standardized tensors of one val_size, split_seed and train_size)
+are kept in ``<root>/FashionMNIST/normlib-splits/``, keyed by the data's fingerprint, those
+arguments and this file's source, and written atomically: every later process (each notebook's
+kernel, each worker of a grid) reads them back in a fraction of a second instead of importing
+torchvision and building them again. A damaged or unreadable entry is rebuilt.
 """
 import argparse
 import functools
@@ -97,8 +103,6 @@ def _from_debian(root):
 
 def prepare(root=None, download=False):
     """Make sure verified raw files are in ``root``; return the root. Raises DataError with advice."""
-    from torchvision.datasets import FashionMNIST
-
     root = Path(root or data_dir())
     if not verify(root):
         return root
@@ -111,6 +115,8 @@ def prepare(root=None, download=False):
     if all((DEBIAN_DIR / f"{n}.gz").exists() for n in SHA256):
         _from_debian(root)
     elif download:
+        from torchvision.datasets import FashionMNIST
+
         for name in SHA256:  # let torchvision fetch everything afresh
             (_raw_dir(root) / name).unlink(missing_ok=True)
         try:
@@ -159,18 +165,54 @@ def stratified_split(labels, n_first, seed):
     return first[torch.randperm(len(first), generator=g)], rest[torch.randperm(len(rest), generator=g)]
 
 
-@functools.lru_cache(maxsize=4)
-def load_fashion_mnist(root=None, *, val_size=5000, split_seed=0, train_size=0):
-    """Fashion-MNIST as in-memory tensors: a stratified train/validation split of the 60k training
-    images (fixed by split_seed), the 10k test set held out, inputs standardized with training statistics.
-    train_size > 0 keeps a stratified subset of that many training examples (quick runs)."""
+SPLITS_DIR = "normlib-splits"
+SPLIT_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def _splits_path(root, val_size, split_seed, train_size):
+    """Where the splits of these arguments are kept: the key covers the data, the arguments and the
+    source of this module (a change to how splits are built never reads an old entry)."""
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    key = hashlib.sha256(f"{FINGERPRINT} {val_size} {split_seed} {train_size} {source}".encode()).hexdigest()[:20]
+    return Path(root) / "FashionMNIST" / SPLITS_DIR / f"splits-{key}.pt"
+
+
+def _read_splits(path):
+    """The stored splits, or None if absent or unreadable (then they are rebuilt)."""
+    try:
+        d = torch.load(path, weights_only=True)
+        s = Splits(*(d[f] for f in SPLIT_FIELDS), float(d["mean"]), float(d["std"]), FINGERPRINT)
+    except Exception:  # absent, truncated, corrupted or of another layout: (re)build it
+        return None
+    ok = (s.x_train.dtype == torch.float32 and s.x_train.shape[1:] == (1, 28, 28)
+          and len(s.x_train) == len(s.y_train) and len(s.x_val) == len(s.y_val) and len(s.x_test) == N_TEST)
+    return s if ok else None
+
+
+def _write_splits(path, s):
+    """Store s atomically (write, then rename); a root that cannot take it only loses the speed-up."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({**{name: getattr(s, name) for name in SPLIT_FIELDS}, "mean": s.mean, "std": s.std}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _build_splits(root, val_size, split_seed, train_size):
+    """The splits, from the raw files through torchvision's FashionMNIST."""
     from torchvision.datasets import FashionMNIST
 
-    if not 0 < val_size < N_TRAIN:
-        raise ValueError(f"val_size = {val_size}: must be between 1 and {N_TRAIN - 1}")
-    if not 0 <= train_size <= N_TRAIN - val_size:
-        raise ValueError(f"train_size = {train_size}: must be 0 (all) or at most {N_TRAIN - val_size}")
-    root = prepare(root)
     train = FashionMNIST(root, train=True, download=False)
     test = FashionMNIST(root, train=False, download=False)
     x_all, y_all = train.data.float().div_(255).unsqueeze(1), train.targets.long()  # (60000, 1, 28, 28)
@@ -183,7 +225,27 @@ def load_fashion_mnist(root=None, *, val_size=5000, split_seed=0, train_size=0):
     mean, std = x_train.mean().item(), x_train.std().item()
     norm = lambda x: (x - mean) / std  # noqa: E731
     return Splits(norm(x_train), y_all[train_idx], norm(x_all[val_idx]), y_all[val_idx],
-                  norm(x_test), y_test, mean, std, fingerprint(root))
+                  norm(x_test), y_test, mean, std, FINGERPRINT)
+
+
+@functools.lru_cache(maxsize=4)
+def load_fashion_mnist(root=None, *, val_size=5000, split_seed=0, train_size=0):
+    """Fashion-MNIST as in-memory tensors: a stratified train/validation split of the 60k training
+    images (fixed by split_seed), the 10k test set held out, inputs standardized with training statistics.
+    train_size > 0 keeps a stratified subset of that many training examples (quick runs).
+    The raw files are verified on every call; the splits are read back from the data root when an
+    earlier process stored them, else built and stored."""
+    if not 0 < val_size < N_TRAIN:
+        raise ValueError(f"val_size = {val_size}: must be between 1 and {N_TRAIN - 1}")
+    if not 0 <= train_size <= N_TRAIN - val_size:
+        raise ValueError(f"train_size = {train_size}: must be 0 (all) or at most {N_TRAIN - val_size}")
+    root = prepare(root)
+    path = _splits_path(root, val_size, split_seed, train_size)
+    s = _read_splits(path)
+    if s is None:
+        s = _build_splits(root, val_size, split_seed, train_size)
+        _write_splits(path, s)
+    return s
 
 
 def main(argv=None):

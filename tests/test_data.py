@@ -312,3 +312,70 @@ def test_command_line(tmp_path, real_raw, no_debian, capsys):
     copy_raw(real_raw, tmp_path)
     assert data.main(["--root", str(tmp_path)]) == 0
     assert "Fashion-MNIST verified" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------
+# the stored splits: built once through torchvision, read back by every later process
+
+def same_splits(a, b):
+    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in data.SPLIT_FIELDS) and \
+        (a.mean, a.std, a.fingerprint) == (b.mean, b.std, b.fingerprint)
+
+
+def stored(root):
+    folder = root / "FashionMNIST" / data.SPLITS_DIR
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_splits_stored_then_read_back_bit_for_bit(tmp_path, real_raw, spy):
+    copy_raw(real_raw, tmp_path)
+    data.load_fashion_mnist.cache_clear()
+    built = data.load_fashion_mnist(tmp_path, val_size=100, train_size=500)
+    assert len(spy) == 2 and len(stored(tmp_path)) == 1  # one entry, no temporary file left
+    data.load_fashion_mnist.cache_clear()
+    again = data.load_fashion_mnist(tmp_path, val_size=100, train_size=500)
+    assert len(spy) == 2  # read back: torchvision was not called again
+    assert again is not built and same_splits(again, built)
+    data.load_fashion_mnist.cache_clear()
+    other = data.load_fashion_mnist(tmp_path, val_size=100, train_size=500, split_seed=1)
+    assert len(spy) == 4 and len(stored(tmp_path)) == 2  # other arguments: another entry
+    assert not torch.equal(other.y_train, built.y_train)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_damaged_stored_splits_are_rebuilt(tmp_path, real_raw, spy, damage):
+    copy_raw(real_raw, tmp_path)
+    data.load_fashion_mnist.cache_clear()
+    built = data.load_fashion_mnist(tmp_path, val_size=100, train_size=500)
+    path = tmp_path / "FashionMNIST" / data.SPLITS_DIR / stored(tmp_path)[0]
+    content = path.read_bytes()
+    path.write_bytes({"truncate": content[:len(content) // 2], "garbage": b"\x00not a torch file" * 99,
+                      "empty": b""}[damage])
+    data.load_fashion_mnist.cache_clear()
+    rebuilt = data.load_fashion_mnist(tmp_path, val_size=100, train_size=500)
+    assert len(spy) == 4 and same_splits(rebuilt, built)
+    assert path.read_bytes() == content  # and stored again, whole
+
+
+def test_read_only_root_still_loads(tmp_path, real_raw, spy, monkeypatch):
+    copy_raw(real_raw, tmp_path)
+    data.load_fashion_mnist.cache_clear()
+
+    def no_room(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(data.tempfile, "mkstemp", no_room)
+    s = data.load_fashion_mnist(tmp_path, val_size=100, train_size=500)
+    assert s.x_train.shape == (500, 1, 28, 28) and stored(tmp_path) == []
+
+
+def test_stored_splits_load_without_torchvision(tmp_path, real_raw):
+    """What makes a worker process or a notebook kernel start fast: no torchvision import."""
+    import subprocess
+    import sys
+    copy_raw(real_raw, tmp_path)
+    code = ("import sys; from normlib.data import load_fashion_mnist; "
+            f"s = load_fashion_mnist({str(tmp_path)!r}, val_size=100, train_size=500); "
+            "print(len(s.x_train), 'torchvision' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(2)]
+    assert runs == [["500", "True"], ["500", "False"]]  # built through torchvision, then read back
