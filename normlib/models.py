@@ -11,13 +11,29 @@ Modules are named (fc1, norm1, act1, ..., out) so studies can hook e.g. the inpu
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from normlib import kernels
 from normlib.norms import IMPLS, NORM_KINDS, make_norm, weight_norm
 
 ARCHS = ("mlp", "cnn")
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 POSITIONS = ("before", "after")
+
+
+class MaxPool2(nn.Module):
+    """2 x 2 max pooling with stride 2, exactly F.max_pool2d(x, 2) (values, and gradients routed to
+    the same winner on ties and NaN). On CPU it runs normlib's C++ kernel (kernels.cpp): torch's own
+    CPU kernel for this layout takes a quarter of a CNN training step here."""
+
+    def forward(self, x):
+        if kernels.use_cpp(x):
+            return kernels.ext().max_pool2(x)
+        return F.max_pool2d(x, 2)
+
+    def extra_repr(self):
+        return "kernel_size=2, stride=2"
 
 
 def _block(i, kind, layer, shape, norm, impl, activation, norm_position, init_scale):
@@ -59,7 +75,7 @@ def build_model(arch="mlp", norm="none", *, impl="custom", activation="relu", no
         c1, c2 = channels
         for i, (c_in, c_out, side) in enumerate([(1, c1, 14), (c1, c2, 7)], start=1):
             conv, *rest = block(i, "conv", nn.Conv2d(c_in, c_out, 3, padding=1), (c_out, side, side))
-            layers += [conv, (f"pool{i}", nn.MaxPool2d(2))] + rest  # pool first: 4x cheaper norm
+            layers += [conv, (f"pool{i}", MaxPool2())] + rest  # pool first: 4x cheaper norm
         layers += [("flatten", nn.Flatten())] + block(3, "fc", nn.Linear(c2 * 49, hidden[-1]), (hidden[-1],))
         layers.append(("out", nn.Linear(hidden[-1], 10)))
     if init_scale is not None:

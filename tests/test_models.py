@@ -6,7 +6,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from normlib.models import build_model
+import torch.nn.functional as F
+
+from normlib.models import MaxPool2, build_model
 from normlib.norms import BatchNorm, LayerNorm, WeightNormConv2d, WeightNormLinear
 
 NORMS = ("none", "batch", "layer", "weight", "group")
@@ -177,3 +179,54 @@ def test_default_init_differs_from_init_scale():
 def test_bad_values_raise_value_error_naming_the_parameter(kwargs, name):
     with pytest.raises(ValueError, match=rf"^{name} = "):
         build_model(**kwargs)
+
+
+# ----------------------------------------------------------------------------
+# MaxPool2: the CNN's pooling, a C++ kernel on CPU, exactly F.max_pool2d(x, 2)
+
+def pool_input(shape, dtype, seed):
+    """Small integers (many ties inside windows), with NaNs and -infs sprinkled in."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-3, 3, shape, generator=g).to(dtype)
+    x.view(-1)[seed % 5::17] = float("nan")
+    x.view(-1)[seed % 7::23] = float("-inf")
+    return x
+
+
+@pytest.mark.parametrize("kernel", ["cpp", "python"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(128, 16, 28, 28), (4, 32, 14, 14), (2, 3, 5, 7), (2, 2, 9, 17), (1, 1, 2, 2),
+                                   (3, 2, 40, 33)])
+def test_max_pool_is_exactly_torchs(shape, dtype, kernel, monkeypatch):
+    """Same values and the same gradients as F.max_pool2d: ties go to the first place of a window in
+    row-major order, NaN wins, odd trailing rows and columns are dropped (their gradient is 0)."""
+    monkeypatch.setenv("NORMLIB_KERNELS", kernel)
+    for seed in range(3):
+        x = pool_input(shape, dtype, seed)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = MaxPool2()(a), F.max_pool2d(b, 2)
+        assert ya.shape == yb.shape and ya.dtype == dtype
+        assert torch.equal(ya.isnan(), yb.isnan()) and torch.equal(ya.nan_to_num(), yb.nan_to_num())
+        dy = torch.randn(ya.shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+        ya.backward(dy)
+        yb.backward(dy)
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_max_pool_runs_the_cpp_kernel_and_passes_gradcheck():
+    x = torch.randn(2, 3, 6, 10, dtype=torch.float64, requires_grad=True)
+    assert "MaxPool2Function" in MaxPool2()(x).grad_fn.name()  # the C++ Function, not F.max_pool2d
+    assert torch.autograd.gradcheck(MaxPool2(), (x,))
+
+
+def test_max_pool_kernel_refuses_bad_input():
+    from normlib import kernels
+    with pytest.raises(RuntimeError, match=r"x must be \(N, C, H, W\) with H, W >= 2"):
+        kernels.ext().max_pool2(torch.ones(2, 3, 1, 4))
+    with pytest.raises(RuntimeError, match="x must be float32 or float64"):
+        kernels.ext().max_pool2(torch.ones(2, 3, 4, 4, dtype=torch.int64))
+
+
+def test_cnn_pools_with_max_pool2():
+    model = build_model("cnn", "batch")
+    assert isinstance(model.pool1, MaxPool2) and isinstance(model.pool2, MaxPool2)
