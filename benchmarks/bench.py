@@ -1,6 +1,6 @@
 """normlab benchmark: normlib's trainer and layers against idiomatic PyTorch, on this machine.
 
-    python benchmarks/bench.py                    # about 4 minutes on 2 CPU cores
+    python benchmarks/bench.py                    # about a minute and a half on 2 CPU cores
     python benchmarks/bench.py --quick            # smoke run, well under a minute
     python benchmarks/bench.py --profiles quick   # also time the quick pipeline, cold then warm
     python benchmarks/bench.py --json PATH        # where to write the numbers (default results/benchmark.json)
@@ -10,6 +10,7 @@ What is measured (one run, side by side, ratios printed with the machine they we
    against a torchvision tutorial loop (FashionMNIST + ToTensor/Normalize + DataLoader with its
    defaults, as the PyTorch quickstart writes it) and against a bare loop over in-memory tensors
    (index, forward, backward, step), all three training the same network with the same optimizer;
+   for context, the matrix products of that network's step alone run in the same lockstep;
 2. each from-scratch layer (normlib.norms), forward plus backward in train mode, against its torch
    built-in at MLP shapes (128, 256) and CNN shapes (128, 32, 28, 28); layer norm on conv maps also
    against nn.GroupNorm(1, C), torch's per-example alternative;
@@ -62,7 +63,7 @@ from normlib.grid import write_atomic  # noqa: E402
 from normlib.models import build_model  # noqa: E402
 from normlib.norms import make_norm  # noqa: E402
 from normlib.paths import data_dir, results_dir  # noqa: E402
-from normlib.train import TrainConfig, resolve_device, train  # noqa: E402
+from normlib.train import TrainConfig, make_optimizer, resolve_device, train  # noqa: E402
 
 BATCH = 128
 LR, MOMENTUM = 0.05, 0.9  # TrainConfig's defaults, used by every loop
@@ -176,7 +177,7 @@ def result(ours, reference, target, unit, note, work=None):
 def mlp_and_optimizer(device):
     torch.manual_seed(0)
     model = build_model("mlp", "batch").to(device).train()  # the same network as the trainer's
-    return model, torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    return model, make_optimizer(TrainConfig(lr=LR, momentum=MOMENTUM, device=device), model.parameters())
 
 
 def bare_loop(x, y, device):
@@ -191,6 +192,28 @@ def bare_loop(x, y, device):
             loss.backward()
             opt.step()
             yield
+
+
+def matmuls_loop(device):
+    """Only the matrix products of one training step of the same MLP at batch BATCH, one step per next():
+    the four forward products and the seven of the backward (weight gradients, and input gradients
+    but for the first layer), on preallocated tensors. What a step costs when nothing else is done:
+    the most any trainer of this network can reach."""
+    torch.manual_seed(0)
+    widths = (784, *TrainConfig().hidden, 10)
+    acts = [torch.randn(BATCH, w, device=device) for w in widths]
+    grads = [torch.randn(BATCH, w, device=device) for w in widths]
+    ws = [torch.randn(o, i, device=device) / i ** 0.5 for i, o in zip(widths[:-1], widths[1:])]
+    bs = [torch.zeros(o, device=device) for o in widths[1:]]
+    dws = [torch.empty_like(w) for w in ws]
+    while True:
+        for i, (w, b) in enumerate(zip(ws, bs)):
+            torch.addmm(b, acts[i], w.t(), out=acts[i + 1])
+        for i in reversed(range(len(ws))):
+            torch.mm(grads[i + 1].t(), acts[i], out=dws[i])
+            if i:
+                torch.mm(grads[i + 1], ws[i], out=grads[i])
+        yield
 
 
 def torchvision_loader(mean, std):
@@ -224,17 +247,21 @@ def bench_training(data, device, steps, warm, repeats):
                          max_steps=steps, device=device)
     x, y = data.x_train.to(device), data.y_train.to(device)
     loader = torchvision_loader(data.mean, data.std)
-    s = {"ours": [], "torchvision": [], "bare": []}
+    s = {"ours": [], "torchvision": [], "bare": [], "matmuls": []}
     for _ in range(repeats):  # fresh models and loops each time
-        refs = {"torchvision": torchvision_loop(loader, device), "bare": bare_loop(x, y, device)}
+        refs = {"torchvision": torchvision_loop(loader, device), "bare": bare_loop(x, y, device),
+                "matmuls": matmuls_loop(device)}
         for name, t in lockstep(config, data, refs, warm, device).items():
             s[name] += t
     what = f"MLP {config.hidden} + batch norm (custom), batch {BATCH}, SGD momentum"
     work = (BATCH, BATCH)
-    return {"train_vs_torchvision": result(s["ours"], s["torchvision"], 6.0, "examples/s",
-                                           f"{what}; reference: torchvision FashionMNIST + DataLoader loop", work),
-            "train_vs_bare": result(s["ours"], s["bare"], 0.95, "examples/s",
-                                    f"{what}; reference: bare loop over in-memory tensors", work)}
+    # context, not a target: the torchvision loop's step over the step of the matrix products alone
+    ceiling = statistics.median(t / m for t, m in zip(s["torchvision"], s["matmuls"]))
+    return ceiling, {
+        "train_vs_torchvision": result(s["ours"], s["torchvision"], 6.0, "examples/s",
+                                       f"{what}; reference: torchvision FashionMNIST + DataLoader loop", work),
+        "train_vs_bare": result(s["ours"], s["bare"], 0.95, "examples/s",
+                                f"{what}; reference: bare loop over in-memory tensors", work)}
 
 
 # ----------------------------------------------------------------------------
@@ -502,8 +529,11 @@ def main(argv=None):
     data = dataclasses.replace(data, x_val=data.x_val[:1000], y_val=data.y_val[:1000],
                                x_test=data.x_test[:1000], y_test=data.y_test[:1000])
     results = {}
-    for section in (lambda: bench_training(data, device, steps, warm, repeats),
-                    lambda: bench_layers(device, calls),
+    matmuls_ceiling, training = bench_training(data, device, steps, warm, repeats)
+    for name, r in training.items():
+        results[name] = r
+        print(line(name, r), flush=True)
+    for section in (lambda: bench_layers(device, calls),
                     lambda: bench_peak(data, device, steps // 3 + warm // 2, warm // 2, repeats),
                     lambda: bench_grid(4 if args.quick else 16, 1 if args.quick else 3, 2000 if args.quick else 20000)):
         for name, r in section().items():
@@ -521,10 +551,12 @@ def main(argv=None):
     peak = results["cnn_fraction_of_peak"]["reference"] * 1e9  # FLOP/s
     ceiling = peak / train_flops_per_example(mlp, device)  # examples/s
     context.update(mlp_matmul_ceiling_examples_per_s=ceiling,
-                   ceiling_vs_torchvision=ceiling / results["train_vs_torchvision"]["reference"])
+                   ceiling_vs_torchvision=ceiling / results["train_vs_torchvision"]["reference"],
+                   matmuls_only_vs_torchvision=matmuls_ceiling)
     print(f"context: at the measured matmul peak, the MLP's matmuls alone allow {ceiling:,.0f} examples/s: "
-          f"{context['ceiling_vs_torchvision']:.2f} times the torchvision loop, the most any trainer of this "
-          f"network could reach against it here", flush=True)
+          f"{context['ceiling_vs_torchvision']:.2f} times the torchvision loop; run at their own shapes, in "
+          f"lockstep with it, the MLP's 11 matrix products of a step alone reach {matmuls_ceiling:.2f} times it: "
+          f"the most any trainer of this network could reach against it here", flush=True)
     profiles = {}
     if args.profiles is not None:
         profiles = bench_profiles(args.profiles or ["quick"], args.profile_timeout)

@@ -166,9 +166,12 @@ def evaluate(model, x, y, batch_size=1000):
 
 
 def make_optimizer(config, params):
+    """SGD with momentum or Adam, fused: one kernel call updates every parameter (torch's fused CPU and
+    CUDA implementations of the same update rule), instead of a few small ops per parameter tensor."""
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               fused=True)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 def train(config, data=None, *, hooks=(), progress=False, build=None):
@@ -217,7 +220,7 @@ def train(config, data=None, *, hooks=(), progress=False, build=None):
         perm = torch.randperm(n, generator=gen).to(device)
         for i in range(steps_per_epoch):
             idx = perm[i * bs:(i + 1) * bs]
-            xb, yb = x_train[idx], y_train[idx]
+            xb, yb = x_train.index_select(0, idx), y_train.index_select(0, idx)  # a faster gather than x[idx]
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)

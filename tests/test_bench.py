@@ -39,5 +39,6 @@ def test_quick_benchmark_writes_every_measurement(tmp_path):
     assert report["results"]["grid_two_workers_vs_one"]["identical_results"] is True  # whichever executor ran them
     context = report["context"]
     assert all(math.isfinite(context[k]) and context[k] > 0 for k in
-               ("builtin_layer_norm_over_groupnorm", "mlp_matmul_ceiling_examples_per_s", "ceiling_vs_torchvision"))
+               ("builtin_layer_norm_over_groupnorm", "mlp_matmul_ceiling_examples_per_s", "ceiling_vs_torchvision",
+                "matmuls_only_vs_torchvision"))
     assert not list(tmp_path.glob(".*.tmp"))  # the JSON was written atomically
