@@ -180,10 +180,11 @@ def head_to_head_summary(h2h, a, b):
         return f"{len(metrics)}" + (f" ({', '.join(metrics)})" if metrics else "")
 
     n_ties = int((h2h["winner"] == "tie").sum())
-    ties = f"{named('tie')} {'is a tie' if n_ties == 1 else 'are ties'}"
+    ties = ("none is a tie" if n_ties == 0 else
+            f"{named('tie')} {'is a tie' if n_ties == 1 else 'are ties'} (overlapping 95% intervals: "
+            f"the difference is not established by these seeds)")
     return (f"Of {len(h2h)} criterion measures, {NORM_LABELS.get(a, a)} wins {named(a)}, "
-            f"{NORM_LABELS.get(b, b)} wins {named(b)} and {ties} (overlapping 95% intervals: "
-            f"the difference is not established by these seeds).")
+            f"{NORM_LABELS.get(b, b)} wins {named(b)} and {ties}.")
 
 
 def readable_head_to_head(h2h, a, b):

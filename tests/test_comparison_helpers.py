@@ -40,7 +40,15 @@ def test_head_to_head_summary_counts_every_measure():
     h2h = metrics.head_to_head(table(), "batch", "layer", "mlp")
     text = report.head_to_head_summary(h2h, "batch", "layer")
     assert text.startswith(f"Of {len(metrics.CRITERIA)} criterion measures, batch norm wins 2 (")
-    assert "layer norm wins 0 and 4 (" in text and "are ties" in text
+    assert "layer norm wins 0 and 4 (" in text and "are ties (overlapping 95% intervals" in text
+
+
+def test_head_to_head_summary_without_ties():
+    h2h = metrics.head_to_head(table(), "batch", "layer", "mlp")
+    h2h = h2h[h2h["winner"] != "tie"]
+    text = report.head_to_head_summary(h2h, "batch", "layer")
+    assert text == f"Of {len(h2h)} criterion measures, batch norm wins 2 (" + text.split("wins 2 (", 1)[1]
+    assert text.endswith("layer norm wins 0 and none is a tie.") and "overlapping" not in text
 
 
 def test_glue_difference_in_points():
