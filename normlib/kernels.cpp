@@ -446,23 +446,25 @@ inline void max_pool2_backward_lanes(const T* g_, const uint8_t* at, T* r0, T* r
   std::memcpy(r1 + W, &b1, sizeof(V));
 }
 
-// One row of ow windows, in groups of W (the last group overlapping the one before it).
-template <typename T, int W>
-void max_pool2_forward_row(const T* r0, const T* r1, T* out, uint8_t* at, int64_t ow) {
+// f(j) for the groups of W windows of a row of ow (>= W) windows, j the group's first window; the
+// last group ends at the row's end, overlapping the one before it (those windows get the same values).
+template <int W, typename F>
+inline void max_pool2_groups(int64_t ow, F f) {
   for (int64_t j = 0;; j += W) {
     j = std::min(j, ow - W);
-    max_pool2_forward_lanes<T, W>(r0 + 2 * j, r1 + 2 * j, out + j, at + j);
+    f(j);
     if (j + W >= ow) break;
   }
 }
 
 template <typename T, int W>
+void max_pool2_forward_row(const T* r0, const T* r1, T* out, uint8_t* at, int64_t ow) {
+  max_pool2_groups<W>(ow, [&](int64_t j) { max_pool2_forward_lanes<T, W>(r0 + 2 * j, r1 + 2 * j, out + j, at + j); });
+}
+
+template <typename T, int W>
 void max_pool2_backward_row(const T* g, const uint8_t* at, T* r0, T* r1, int64_t ow) {
-  for (int64_t j = 0;; j += W) {
-    j = std::min(j, ow - W);
-    max_pool2_backward_lanes<T, W>(g + j, at + j, r0 + 2 * j, r1 + 2 * j);
-    if (j + W >= ow) break;
-  }
+  max_pool2_groups<W>(ow, [&](int64_t j) { max_pool2_backward_lanes<T, W>(g + j, at + j, r0 + 2 * j, r1 + 2 * j); });
 }
 
 template <typename T>
