@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing normlib
 
 from normlib.data import DataError, load_fashion_mnist  # noqa: E402
-from normlib.grid import write_atomic  # noqa: E402
+from normlib.paths import write_atomic  # noqa: E402
 from normlib.models import build_model  # noqa: E402
 from normlib.norms import make_norm  # noqa: E402
 from normlib.paths import data_dir, results_dir  # noqa: E402
@@ -482,7 +482,7 @@ def profile_line(name, r):
 
 
 def write_json(path, payload):
-    """Atomic write (normlib.grid.write_atomic: a temp file in the same folder, then a rename)."""
+    """Atomic write (normlib.paths.write_atomic: a temp file in the same folder, then a rename)."""
     write_atomic(path, json.dumps(payload, indent=1, allow_nan=False))
 
 

@@ -19,17 +19,16 @@ import argparse
 import functools
 import gzip
 import hashlib
+import io
 import os
-import shutil
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from normlib.paths import data_dir
+from normlib.paths import data_dir, write_atomic
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -84,21 +83,15 @@ def verify(root):
 
 def _from_debian(root):
     """Decompress Debian's gzipped IDX files into torchvision's raw folder (atomically per file)."""
-    raw = _raw_dir(root)
-    raw.mkdir(parents=True, exist_ok=True)
     for name in SHA256:
         src = DEBIAN_DIR / f"{name}.gz"
-        fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{name}.")
         try:
-            with gzip.open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-            os.replace(tmp, raw / name)
+            with gzip.open(src, "rb") as fin:
+                data = fin.read()
         except (OSError, EOFError, zlib.error) as e:  # truncated or corrupted .gz
             raise DataError(f"{src} cannot be decompressed ({e}); reinstall it with "
                             f"`sudo apt-get install --reinstall dataset-fashion-mnist`, or {HOW_TO_GET}") from e
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomic(_raw_dir(root) / name, data)
 
 
 def prepare(root=None, download=False):
@@ -190,23 +183,13 @@ def _read_splits(path):
 
 
 def _write_splits(path, s):
-    """Store s atomically (write, then rename); a root that cannot take it only loses the speed-up."""
+    """Store s atomically; a root that cannot take it only loses the speed-up."""
+    buffer = io.BytesIO()
+    torch.save({**{name: getattr(s, name) for name in SPLIT_FIELDS}, "mean": s.mean, "std": s.std}, buffer)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({**{name: getattr(s, name) for name in SPLIT_FIELDS}, "mean": s.mean, "std": s.std}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, buffer.getvalue())
     except OSError:
         pass
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _build_splits(root, val_size, split_seed, train_size):

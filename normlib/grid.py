@@ -11,7 +11,6 @@ torch threads, so results do not depend on which executor ran them.
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -22,7 +21,7 @@ import torch
 
 from normlib import kernels
 from normlib.data import fingerprint
-from normlib.paths import results_dir
+from normlib.paths import results_dir, write_atomic
 from normlib.train import History, TrainConfig, resolve_device, train
 
 CODE_FILES = ("norms.py", "kernels.py", "kernels.cpp", "models.py", "data.py", "train.py")
@@ -56,21 +55,6 @@ def load_cached(path):
         return History.from_dict(json.loads(Path(path).read_text()))
     except (OSError, ValueError, TypeError):
         return None
-
-
-def write_atomic(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def run_trial(config_dict, path, threads=1):

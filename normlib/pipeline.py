@@ -36,7 +36,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +43,7 @@ import yaml
 
 from normlib import kernels
 from normlib import params as P
-from normlib.paths import ROOT
+from normlib.paths import ROOT, write_atomic
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 KERNEL = "normlab"  # kernelspec installed into this environment (sys.prefix) on first use
@@ -293,12 +292,7 @@ def executed_stamp(dest):
 
 
 def write_json_atomic(path, obj):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def git_commit(root):
@@ -496,17 +490,9 @@ def export_readme_figure(root):
     """Copy the README's figure out of the last build's executed notebook into book/images/."""
     name, key, dest = README_FIGURE
     png = glued_png(Path(root) / "book" / "notebooks" / f"{name}.ipynb", key)
-    write_bytes_atomic(Path(root) / dest, png)
+    write_atomic(Path(root) / dest, png)
     return Path(root) / dest
 
-
-def write_bytes_atomic(path, data):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; this one is committed
-    os.replace(tmp, path)
 
 
 def _page_text(path):

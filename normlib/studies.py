@@ -27,10 +27,10 @@ import torch
 from normlib import probes
 from normlib.data import fingerprint
 from normlib.figures import NORM_LABELS
-from normlib.grid import code_version, default_workers, exit_with_parent, write_atomic
+from normlib.grid import code_version, default_workers, exit_with_parent
 from normlib.metrics import format_ci, mean_ci, metric_bounds, trials_table, verdict
 from normlib.params import ParameterError, validate
-from normlib.paths import results_dir
+from normlib.paths import results_dir, write_atomic
 from normlib.probes import Trial, trial
 from normlib.study import PROTOCOL
 from normlib.train import History, TrainConfig

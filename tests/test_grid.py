@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from normlib import grid
+from normlib import grid, paths
 from normlib.train import TrainConfig
 
 TINY = dict(train_size=256, val_size=100, hidden=(16,), batch_size=64, epochs=1, device="cpu")
@@ -142,14 +142,14 @@ def test_damaged_entry_is_recomputed(tmp_path, count_training, baseline, damage)
 
 def test_write_atomic(tmp_path, monkeypatch):
     path = tmp_path / "sub" / "entry.json"
-    grid.write_atomic(path, '{"a": 1}')
+    paths.write_atomic(path, '{"a": 1}')
     assert path.read_text() == '{"a": 1}' and [p.name for p in path.parent.iterdir()] == ["entry.json"]
 
     def crash(src, dst):
         raise OSError("disk full")
     monkeypatch.setattr(os, "replace", crash)  # dies between writing the temp file and renaming it
     with pytest.raises(OSError):
-        grid.write_atomic(path, '{"a": 2}')
+        paths.write_atomic(path, '{"a": 2}')
     assert path.read_text() == '{"a": 1}'  # the old entry is intact
     assert [p.name for p in path.parent.iterdir()] == ["entry.json"]  # and no temp file is left
 
