@@ -5,14 +5,17 @@ rate decayed to 0 by a cosine over the run (default; "constant" keeps it fixed).
 step records the training loss and the global gradient norm; every 1/evals_per_epoch of an
 epoch the validation set is evaluated (BN then uses its running statistics); the test set
 is evaluated once at the end. A non-finite loss stops the run and marks it diverged.
-On CPU the same config gives an identical History (seeded init, shuffling and data split).
+The test set is evaluated at the end with the last weights and with the weights of the best
+validation evaluation (the best-validation checkpoint).
+On CPU the same config gives an identical History (seeded init, shuffling and data split), also
+when several trials train at once as threads of one process: each trial draws its initial weights
+under a lock from a forked copy of torch's global generator and shuffles with its own generator.
 """
 import math
-import random
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -123,8 +126,11 @@ class History:
     train_acc: list = field(default_factory=list)       # training accuracy (train mode) since then
     val_loss: list = field(default_factory=list)
     val_acc: list = field(default_factory=list)
-    test_loss: float = float("nan")
+    test_loss: float = float("nan")                     # test set, last weights
     test_acc: float = float("nan")
+    best_step: int | None = None                        # the evaluation with the lowest validation loss
+    best_test_loss: float = float("nan")                # test set, weights of that evaluation
+    best_test_acc: float = float("nan")
     steps_per_epoch: int = 0
     wall_time: float = 0.0
     diverged: bool = False
@@ -139,10 +145,23 @@ class History:
         return cls(**d)
 
 
-def set_seed(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+_INIT_LOCK = threading.Lock()  # model construction draws from torch's global generator
+
+
+def seeded_model(config, build):
+    """build(config) with the global generator seeded by config.seed, under a lock and on a fork of
+    the generator's state: trials running as threads of one process (a Dask worker with several
+    threads) neither interleave their draws nor change each other's."""
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build(config)
+
+
+def standard_model(config):
+    """The network of build_model for a config."""
+    return build_model(config.arch, config.norm, impl=config.impl, activation=config.activation,
+                       norm_position=config.norm_position, hidden=config.hidden, channels=config.channels,
+                       init_scale=config.init_scale)
 
 
 def resolve_device(device):
@@ -188,14 +207,7 @@ def train(config, data=None, *, hooks=(), progress=False, build=None):
                                       train_size=config.train_size)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
-    set_seed(config.seed)
-    if build is None:
-        model = build_model(config.arch, config.norm, impl=config.impl, activation=config.activation,
-                            norm_position=config.norm_position, hidden=config.hidden, channels=config.channels,
-                            init_scale=config.init_scale)
-    else:
-        model = build(config)
-    model = model.to(device)
+    model = seeded_model(config, build or standard_model).to(device)
     if config.data_init:  # one batch of 512 training images sets g and b (Salimans & Kingma 2016, sec. 3)
         with torch.no_grad():
             data_dependent_init(model, x_train[:512])
@@ -215,6 +227,7 @@ def train(config, data=None, *, hooks=(), progress=False, build=None):
         from tqdm import tqdm
         bar = tqdm(total=total, desc=f"{config.arch}/{config.norm} seed {config.seed}", leave=False)
     run_loss, run_correct, run_count, run_steps, step = 0.0, 0, 0, 0, 0
+    best_state = None  # weights at the lowest validation loss so far (a copy, unless they are the last)
     model.train()
     while step < total:
         perm = torch.randperm(n, generator=gen).to(device)
@@ -256,6 +269,9 @@ def train(config, data=None, *, hooks=(), progress=False, build=None):
                 hist.train_acc.append(run_correct / run_count)
                 hist.val_loss.append(val_loss)
                 hist.val_acc.append(val_acc)
+                if hist.best_step is None or val_loss < min(hist.val_loss[:-1]):
+                    hist.best_step = step
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 run_loss, run_correct, run_count, run_steps = 0.0, 0, 0, 0
             if step >= total:
                 break
@@ -264,6 +280,12 @@ def train(config, data=None, *, hooks=(), progress=False, build=None):
     if bar is not None:
         bar.close()
     if not hist.diverged:
-        hist.test_loss, hist.test_acc = evaluate(model, data.x_test.to(device), data.y_test.to(device))
+        x_test, y_test = data.x_test.to(device), data.y_test.to(device)
+        hist.test_loss, hist.test_acc = evaluate(model, x_test, y_test)
+        if hist.best_step == hist.eval_step[-1]:
+            hist.best_test_loss, hist.best_test_acc = hist.test_loss, hist.test_acc
+        elif best_state is not None:
+            model.load_state_dict(best_state)
+            hist.best_test_loss, hist.best_test_acc = evaluate(model, x_test, y_test)
     hist.wall_time = time.perf_counter() - t0
     return hist
