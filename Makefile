@@ -2,6 +2,7 @@
 #   make report   create the environment, build the C++ kernels, prepare the data, execute the notebooks,
 #                 build the HTML book
 #   make test     same set-up, then the whole test suite (pytest + nbval + quick pipeline + browser)
+#   make test-fast   the fast tier: unit tests and in-process refusals, no notebook or book (a few minutes)
 # Options: PROFILE=quick|default|full|path.yaml   SET="name=value other=value"   PYTHON=python3.11
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,13 +10,16 @@ PROFILE ?= default
 SET ?=
 PY := $(VENV)/bin/python
 
-.PHONY: report test setup kernels data browser benchmark readme-figure clean
+.PHONY: report test test-fast setup kernels data browser benchmark readme-figure clean
 
 report: setup kernels data
 	$(PY) -m normlib.pipeline --profile $(PROFILE) $(foreach s,$(SET),--set $(s))
 
 test: setup kernels data browser
 	$(PY) -m pytest
+
+test-fast: setup kernels data
+	$(PY) -m pytest -m "not slow" tests
 
 benchmark: setup kernels data
 	$(PY) benchmarks/bench.py

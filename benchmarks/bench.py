@@ -16,8 +16,9 @@ What is measured (one run, side by side, ratios printed with the machine they we
    against nn.GroupNorm(1, C), torch's per-example alternative;
 3. CNN training throughput in GFLOP/s (matmul and conv FLOPs of forward plus backward, counted by
    torch.utils.flop_counter) as a fraction of an fp32 matrix-multiply peak measured in the same run;
-4. a grid of small trials through normlib.grid.run_grid with two local worker processes against one
-   (in-process), from an empty cache;
+4. a grid of small trials through normlib.trials.run_trials on a pool of two worker processes
+   against a pool of one (Dask LocalClusters, started and warm, as the pipeline's pool), from an
+   empty cache;
 5. with --profiles, wall time of `python -m normlib.pipeline --profile P` on a fresh copy of this
    working tree (cold: no cached trial, no built book), then of the same command again with
    nothing changed (warm). The copy lives in a temporary folder: this checkout is not touched.
@@ -29,7 +30,7 @@ reported as its median step and the ratio as the median of the per-step ratios (
 against the reference's step run right after it), so a neighbour's load, which comes and goes,
 hits both sides of a pair alike and cancels out of the ratio. Both
 sides use the same device (CUDA when available, else CPU; on CUDA steps are timed in blocks of
-10 between synchronizations) and the same torch threads: 1 by default, as normlib.grid runs every
+10 between synchronizations) and the same torch threads: 1 by default, as normlib.trials runs every
 trial (one single-threaded trial process per core, so the machine's throughput is cores x this
 one); `--threads N` measures N-thread runs instead. With more threads than idle cores, OpenMP's
 spinning barriers make op-heavy code (each of our layers is several torch ops) many times slower:
@@ -385,29 +386,37 @@ def bench_peak(data, device, steps, warm, repeats):
 
 
 # ----------------------------------------------------------------------------
-# 4. a grid of small trials: two local worker processes against one (normlib.grid.run_grid)
+# 4. a grid of small trials on a pool of two workers against one (normlib.trials.run_trials)
 
 def bench_grid(trials, epochs, train_size):
-    """Wall time of run_grid on `trials` small MLP trials (batch norm, `epochs` on train_size images,
-    a few seconds each), computed from scratch (empty cache) with workers=1 (in-process) and then with
-    workers=2 (two spawned processes, one torch thread each; their start-up counts: importing torch
-    and reading the stored splits, about two seconds). Both give the same Histories (checked).
+    """Wall time of normlib.trials.run_trials on `trials` small MLP trials (batch norm, `epochs` on
+    train_size images, a few seconds each) from an empty cache, on a Dask LocalCluster of one worker
+    process and then of two (one torch thread each), as the pipeline runs every trial of a build on one
+    pool started once: each pool is started and warmed up (one trial of its own, which imports torch
+    and reads the stored splits in every worker) before the timed grid, so the ratio measures
+    throughput, not start-up. Both give the same Histories (checked).
     Returns one result: rate = trials per second, ratio two / one."""
-    from normlib.grid import run_grid
+    from normlib import executors
+    from normlib.trials import run_trials
 
     configs = [TrainConfig(arch="mlp", norm="batch", epochs=epochs, train_size=train_size, val_size=1000, seed=s,
                            device="cpu") for s in range(trials)]
+    warm = [TrainConfig(arch="mlp", norm="batch", max_steps=2, train_size=train_size, val_size=1000, seed=1000 + s,
+                        device="cpu") for s in range(2)]
     times, results = {}, {}
     for workers in (1, 2):
-        with tempfile.TemporaryDirectory() as cache:
+        with executors.start_local_cluster(workers) as cluster, tempfile.TemporaryDirectory() as cache:
+            run_trials(warm[:workers], scheduler=cluster.scheduler_address, cache=cache, progress=False)
             start = time.perf_counter()
-            results[workers] = run_grid(configs, workers=workers, cache=cache, progress=False)
+            results[workers] = run_trials(configs, scheduler=cluster.scheduler_address, cache=cache, progress=False)
             times[workers] = [time.perf_counter() - start]
-    same = all(a.step_loss == b.step_loss and a.test_acc == b.test_acc for a, b in zip(results[1], results[2]))
-    per_trial = statistics.median(h.wall_time for h in results[1])
+    same = all(a.history.step_loss == b.history.step_loss and a.history.test_acc == b.history.test_acc
+               for a, b in zip(results[1], results[2]))
+    per_trial = statistics.median(r.history.wall_time for r in results[1])
     note = (f"{trials} trials (MLP + batch norm, {epochs} epoch(s) on {train_size} images, {per_trial:.1f} s each "
-            f"in-process), empty cache; reference: workers=1 (in-process); identical results: {same}")
-    res = result(times[2], times[1], 1.6, "trials/s", note, work=(trials, trials))
+            f"on one worker), empty cache, pools started and warm; reference: a pool of one worker; "
+            f"identical results: {same}")
+    res = result(times[2], times[1], 1.8, "trials/s", note, work=(trials, trials))
     res["identical_results"] = same
     return {"grid_two_workers_vs_one": res}
 
@@ -492,7 +501,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=None,
                    help="training runs per comparison, each timed step by step (default 5, 1 with --quick)")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads for every measurement (default 1, as normlib.grid runs each trial)")
+                   help="torch threads for every measurement (default 1, as normlib.trials runs each trial)")
     p.add_argument("--profiles", nargs="*", choices=("quick", "default", "full"), default=None,
                    help="also time these pipeline profiles cold and warm (no name: quick); default takes ~20 min")
     p.add_argument("--profile-timeout", type=int, default=3600, help="seconds per pipeline run (default 3600)")

@@ -7,6 +7,8 @@ cnn: two blocks conv3x3 -> maxpool2 -> norm -> activation, then FC -> norm -> ac
 With norm_position="after" the norm follows the activation instead. With norm="weight"
 the block's Linear/Conv is reparameterized (Salimans & Kingma 2016) and the norm slot is empty.
 Modules are named (fc1, norm1, act1, ..., out) so studies can hook e.g. the input of act3.
+VARIANTS names the networks a trial can train: the standard one of its config, and the studies' own
+(batch norm and layer norm together in every block).
 """
 from collections import OrderedDict
 
@@ -87,3 +89,32 @@ def build_model(arch="mlp", norm="none", *, impl="custom", activation="relu", no
 def _init(layer, scale):
     layer.weight.normal_(0.0, scale)
     layer.bias.zero_()
+
+
+# ----------------------------------------------------------------------------
+# the networks a trial can train (normlib.trials.Trial.model), each built from a TrainConfig
+
+
+def from_config(config):
+    """The network of build_model for a TrainConfig."""
+    return build_model(config.arch, config.norm, impl=config.impl, activation=config.activation,
+                       norm_position=config.norm_position, hidden=config.hidden, channels=config.channels,
+                       init_scale=config.init_scale)
+
+
+def batch_and_layer(config):
+    """The config's MLP with norm="batch", and a layer norm right after every batch norm (a tutorial's
+    claim that both together are unnecessary and overfit)."""
+    if config.arch != "mlp":
+        raise ValueError(f"batch+layer: arch = {config.arch!r}: only the MLP is built with both norms")
+    model = build_model("mlp", "batch", impl=config.impl, activation=config.activation,
+                        norm_position=config.norm_position, hidden=config.hidden, init_scale=config.init_scale)
+    layers = []
+    for name, module in model.named_children():
+        layers.append((name, module))
+        if name.startswith("norm"):  # norm{i}: batch norm of block i
+            layers.append((f"lnorm{name[4:]}", make_norm("layer", (module.num_features,), impl=config.impl)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+VARIANTS = {"standard": from_config, "batch+layer": batch_and_layer}

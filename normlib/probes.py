@@ -13,24 +13,19 @@ A probe never changes the model it looks at: it measures a copy (batch norm in t
 so it normalizes with the statistics of the batch it sees, and the copy's running statistics
 are thrown away). `result()` returns plain lists for the result cache.
 
-A Trial names a TrainConfig, a probe and the network (the standard one of the config, or batch
-and layer norm together, which train() does not build: `fit` trains it exactly as train() would);
-`run_trial` trains it with the probe as a hook. Everything a probed trial's result depends on is
-in this file and in the trainer's files, so their digest keys the result cache (normlib.studies).
+`run` trains a normlib.trials.Trial (a TrainConfig, a probe and a network of
+normlib.models.VARIANTS) with its probe as a hook. Everything a probed trial's result depends on is
+in this file and in the trainer's files, so their digest keys the result cache (normlib.trials).
 """
 import copy
 import math
-from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from normlib.data import load_fashion_mnist
-from normlib.models import build_model
-from normlib.norms import make_norm
-from normlib.train import TrainConfig, evaluate, train
+from normlib.models import VARIANTS
+from normlib.train import evaluate, train
 
 QUANTILES = (0.15, 0.5, 0.85)
 
@@ -159,57 +154,6 @@ class EvalProbe:
         return dict(self.records)
 
 
-# ---------------------------------------------------------------------------------------------
-# the network with batch norm and layer norm in every block (the tutorial's claim 2); train(build=...) trains it
-
-def build_batch_layer_model(config):
-    """The config's MLP with norm="batch", and a layer norm right after every batch norm."""
-    if config.arch != "mlp":
-        raise ValueError(f"batch+layer: arch = {config.arch!r}: only the MLP is built with both norms")
-    model = build_model("mlp", "batch", impl=config.impl, activation=config.activation,
-                        norm_position=config.norm_position, hidden=config.hidden, init_scale=config.init_scale)
-    layers = []
-    for name, module in model.named_children():
-        layers.append((name, module))
-        if name.startswith("norm"):  # norm{i}: batch norm of block i
-            layers.append((f"lnorm{name[4:]}", make_norm("layer", (module.num_features,), impl=config.impl)))
-    return nn.Sequential(OrderedDict(layers))
-
-
-def build_standard_model(config):
-    return build_model(config.arch, config.norm, impl=config.impl, activation=config.activation,
-                       norm_position=config.norm_position, hidden=config.hidden, channels=config.channels,
-                       init_scale=config.init_scale)
-
-
-MODELS = {"standard": build_standard_model, "batch+layer": build_batch_layer_model}
-
-
-# ---------------------------------------------------------------------------------------------
-# a probed trial: one TrainConfig, the network, the probe; normlib.studies.run_trials runs and caches them
-
-@dataclass(frozen=True)
-class Trial:
-    config: TrainConfig
-    probe: str = ""           # "" | drift | landscape | layer_grads | train_eval (see PROBES)
-    options: tuple = ()       # the probe's options as ((name, value), ...)
-    model: str = "standard"   # standard (config.norm in every block) | batch+layer
-
-    def to_dict(self):
-        return {"config": self.config.to_dict(), "probe": self.probe, "options": dict(self.options),
-                "model": self.model}
-
-    @classmethod
-    def from_dict(cls, d):
-        return cls(TrainConfig.from_dict(d["config"]), d["probe"], tuple(sorted(d["options"].items())), d["model"])
-
-
-def trial(config, probe="", model="standard", **options):
-    """A Trial; options become a hashable, ordered tuple (lists become tuples)."""
-    return Trial(config, probe, tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
-                                             for k, v in options.items())), model)
-
-
 PROBES = {  # name -> (config, data, options) -> hook
     "drift": lambda c, d, o: DriftProbe(d.x_train[:o.get("probe_size", 1000)], layer=o.get("layer", "act3"),
                                         every=o.get("every", 10)),
@@ -227,10 +171,11 @@ def total_steps(config, n_train):
     return min(total, config.max_steps) if config.max_steps else total
 
 
-def run_trial(t):
-    """Train one Trial; returns (History, the probe's result dict)."""
+def run(t, device=None):
+    """Train one normlib.trials.Trial on `device` (default: its config's); returns (History, the probe's
+    result dict, {} without a probe)."""
     c = t.config
     data = load_fashion_mnist(val_size=c.val_size, split_seed=c.split_seed, train_size=c.train_size)
     hooks = [PROBES[t.probe](c, data, dict(t.options))] if t.probe else []
-    hist = train(c, data, hooks=hooks, build=None if t.model == "standard" else MODELS[t.model])
+    hist = train(c, data, hooks=hooks, build=VARIANTS[t.model], device=device)
     return hist, (hooks[0].result() if hooks else {})

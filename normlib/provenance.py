@@ -13,9 +13,7 @@ import platform
 from pathlib import Path
 
 import pandas as pd
-import papermill
 import torch
-from papermill.translators import PythonTranslator
 
 from normlib.paths import ROOT, executed_dir, notebooks_dir, results_dir
 
@@ -83,7 +81,7 @@ def reused_note(manifest):
 
 def toc_order():
     """Notebook names in book order (_toc.yml), for those whose source exists."""
-    from normlib.pipeline import toc_notebooks
+    from normlib.pipeline.book import toc_notebooks
     return [n for n in toc_notebooks(ROOT) if (notebooks_dir() / f"{n}.ipynb").exists()]
 
 
@@ -92,6 +90,9 @@ def notebook_parameters(manifest=None):
     executed with. With a manifest: the notebooks it lists, with the values it injected (set by "run")
     and the declared defaults otherwise; without one: every notebook's defaults. Defaults and meanings
     are read from the notebook sources' parameters cells (papermill.inspect_notebook)."""
+    import papermill
+    from papermill.translators import PythonTranslator
+
     names = list(manifest["notebooks"]) if manifest else toc_order()
     tables = {}
     for name in names:

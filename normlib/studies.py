@@ -6,34 +6,23 @@ statistics behind each study's verdicts.
 - Learning rate (Ioffe & Szegedy 2015, sec. 3.3: batch norm "enables higher learning rates").
 - Weight-initialization scale (cs231n assignment 2, BatchNormalization notebook).
 - Activation drift (Ioffe & Szegedy 2015, Fig. 1b-c) and loss landscape (Santurkar et al. 2018,
-  Fig. 4): trials with a probe (normlib.probes.Trial) run by `run_trials`, which caches like run_grid.
+  Fig. 4): trials with a probe (normlib.trials.Trial), whose Results carry the probe's record.
 - Claims of a tutorial: normalization before the activation, batch and layer norm together,
   and which norm suits which batch size.
 Every "better" comes from normlib.metrics.verdict (95% intervals across seeds do not overlap)
 with Welch's p and Hedges' g beside it; otherwise the difference is "not established".
 """
-import os
-import hashlib
-import json
 import math
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from normlib import probes
-from normlib.data import fingerprint
 from normlib.figures import NORM_LABELS
-from normlib.grid import code_version, default_workers, exit_with_parent
 from normlib.metrics import format_ci, mean_ci, metric_bounds, trials_table, verdict
 from normlib.params import ParameterError, validate
-from normlib.paths import results_dir, write_atomic
-from normlib.probes import Trial, trial
 from normlib.study import PROTOCOL
-from normlib.train import History, TrainConfig
+from normlib.train import TrainConfig
+from normlib.trials import trial
 
 NORMS = ("none", "batch", "layer")
 BASE_BATCH = 128  # the batch size at which base_lr is the learning rate
@@ -267,81 +256,13 @@ def init_scale_findings(table, acc_threshold, metric="best_val_acc"):
 
 
 # ---------------------------------------------------------------------------------------------
-# probed trials (normlib.probes.Trial): a cached, parallel runner, as normlib.grid.run_grid for plain ones
-
-def study_code_version():
-    """Digest of the code a probed trial's result depends on: the trainer's files (grid.code_version)
-    and normlib/probes.py (the analysis code in this file does not invalidate the cache)."""
-    h = hashlib.sha256(code_version().encode())
-    h.update((Path(__file__).parent / "probes.py").read_bytes())
-    return h.hexdigest()[:16]
-
-
-def trial_path(t, cache=None):
-    """Where a Trial's result is stored: a hash of the trial, the data and the code."""
-    payload = {"trial": t.to_dict(), "data": fingerprint(), "code": study_code_version()}
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
-    return (Path(cache) if cache else results_dir() / "probes") / f"{key}.json"
-
-
-def _run_and_store(trial_dict, path, threads):
-    torch.set_num_threads(threads)
-    hist, probe = probes.run_trial(Trial.from_dict(trial_dict))
-    out = {"history": hist.to_dict(), "probe": probe}
-    write_atomic(path, json.dumps(out))
-    return out
-
-
-def _execute(todo, workers, threads):
-    """Run {path: trial dict} in-process (workers == 1) or in spawned worker processes; yield as each ends."""
-    if workers == 1:
-        saved = torch.get_num_threads()
-        try:
-            for path, d in todo.items():
-                yield _run_and_store(d, path, threads)
-        finally:
-            torch.set_num_threads(saved)
-    elif todo:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
-                                 initargs=(os.getpid(),)) as pool:
-            for fut in as_completed([pool.submit(_run_and_store, d, path, threads) for path, d in todo.items()]):
-                yield fut.result()
-
-
-def _load(path):
-    try:
-        d = json.loads(Path(path).read_text())
-        return History.from_dict(d["history"]), d["probe"]
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-
-
-def run_trials(trials, *, workers=None, force=False, cache=None, progress=True, threads=1):
-    """[(History, probe result)] for trials (same order): cached ones read, the rest trained in
-    local worker processes (spawn; `threads` torch threads each), as normlib.grid.run_grid does."""
-    paths = [trial_path(t, cache) for t in trials]
-    results = [None if force else _load(p) for p in paths]
-    todo = {str(paths[i]): trials[i].to_dict() for i, r in enumerate(results) if r is None}
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
-        bar = tqdm(total=len(todo), desc=f"{len(todo)} probed trials to run ({len(trials) - len(todo)} cached)")
-    workers = min(workers or default_workers(), len(todo) or 1)
-    for _ in _execute(todo, workers, threads):
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
-    return [r if r is not None else _load(p) for r, p in zip(results, paths)]
-
-
-# ---------------------------------------------------------------------------------------------
 # activation drift (Ioffe & Szegedy 2015, Fig. 1b-c)
 
 def drift_frame(results, unit=0):
     """Long table of one unit's percentile traces: norm, seed, step, quantile, value."""
     rows = []
-    for h, p in results:
+    for r in results:
+        h, p = r.history, r.probe
         for step, q in zip(p["step"], p["values"]):
             for quantile, per_unit in zip(p["quantiles"], q):
                 rows.append({"norm": h.config["norm"], "seed": h.config["seed"], "step": step,
@@ -355,7 +276,8 @@ def drift_table(results):
     between the first and the last record, and the same for the median between the midpoint
     and the end (late drift)."""
     rows = []
-    for h, p in results:
+    for r in results:
+        h, p = r.history, r.probe
         v = np.asarray(p["values"])  # (T, Q, units), quantiles (0.15, 0.5, 0.85)
         median, spread = v[:, 1], v[:, 2] - v[:, 0]  # (T, units)
         mid = len(v) // 2
@@ -400,7 +322,8 @@ LANDSCAPE_NAMES = {"loss_range": "loss range", "grad_change": "gradient predicti
 def landscape_frame(results):
     """Long table of the probe records: norm, seed, step and the three measures (inf -> NaN)."""
     frames = []
-    for h, p in results:
+    for r in results:
+        h, p = r.history, r.probe
         f = pd.DataFrame({k: p[k] for k in ("step", "loss", "grad_norm", *LANDSCAPE_METRICS)})
         frames.append(f.assign(norm=h.config["norm"], seed=h.config["seed"]))
     return pd.concat(frames, ignore_index=True).replace([np.inf, -np.inf], np.nan)
@@ -409,7 +332,8 @@ def landscape_frame(results):
 def landscape_table(results):
     """One row per trial: the median over probed steps of each measure (inf counts as the largest)."""
     rows = []
-    for h, p in results:
+    for r in results:
+        h, p = r.history, r.probe
         row = {"norm": h.config["norm"], "seed": h.config["seed"], "diverged": h.diverged,
                "final_val_acc": float(h.val_acc[-1]) if h.val_acc and not h.diverged else float("nan")}
         row.update({m: float(np.median(p[m])) if p[m] else float("nan") for m in LANDSCAPE_METRICS})
@@ -472,7 +396,8 @@ def position_table(results):
     """Claim 1, one row per trial: final validation accuracy and the gradient balance
     log10(||grad first layer|| / ||grad last layer||) (median over steps; 0 = equal norms)."""
     rows = []
-    for h, p in results:
+    for r in results:
+        h, p = r.history, r.probe
         ratio = np.log10(np.asarray(p["first"]) / np.asarray(p["last"]))
         ratio = ratio[np.isfinite(ratio)]
         med = float(np.median(ratio)) if len(ratio) else float("nan")
@@ -522,7 +447,8 @@ def together_table(trials, results):
     validation accuracy and the generalization gap (validation loss - training loss, both in
     evaluation mode, at the end of training)."""
     rows = []
-    for t, (h, p) in zip(trials, results):
+    for t, r in zip(trials, results):
+        h, p = r.history, r.probe
         ok = bool(h.val_loss) and not h.diverged
         rows.append({"norm": t.model if t.model != "standard" else h.config["norm"],
                      "seed": h.config["seed"], "final_val_acc": float(h.val_acc[-1]) if ok else float("nan"),

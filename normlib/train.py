@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from normlib.data import N_TRAIN, load_fashion_mnist
-from normlib.models import ACTIVATIONS, ARCHS, POSITIONS, build_model
+from normlib.models import ACTIVATIONS, ARCHS, POSITIONS, from_config
 from normlib.norms import IMPLS, NORM_KINDS, data_dependent_init
 
 OPTIMIZERS = ("sgd", "adam")
@@ -157,13 +157,6 @@ def seeded_model(config, build):
         return build(config)
 
 
-def standard_model(config):
-    """The network of build_model for a config."""
-    return build_model(config.arch, config.norm, impl=config.impl, activation=config.activation,
-                       norm_position=config.norm_position, hidden=config.hidden, channels=config.channels,
-                       init_scale=config.init_scale)
-
-
 def resolve_device(device):
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -193,21 +186,22 @@ def make_optimizer(config, params):
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
-def train(config, data=None, *, hooks=(), progress=False, build=None):
+def train(config, data=None, *, hooks=(), progress=False, build=None, device=None):
     """Train one model from scratch and return its History.
     data: Splits (default: load_fashion_mnist with the config's split); hooks: callables
     hook(step, model) run after every optimizer step (studies use them to probe the model);
-    build: build(config) -> nn.Module for a network build_model does not make (a study's variant),
-    created at the same point of the seeded sequence, so the rest of the run is unchanged."""
+    build: build(config) -> nn.Module for a network build_model does not make (a study's variant,
+    normlib.models.VARIANTS), created at the same point of the seeded sequence, so the rest of the run is
+    unchanged; device: where to train, overriding config.device (the runner decides it per executor)."""
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     t0 = time.perf_counter()
-    device = resolve_device(config.device)
+    device = device or resolve_device(config.device)
     data = data or load_fashion_mnist(val_size=config.val_size, split_seed=config.split_seed,
                                       train_size=config.train_size)
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
-    model = seeded_model(config, build or standard_model).to(device)
+    model = seeded_model(config, build or from_config).to(device)
     if config.data_init:  # one batch of 512 training images sets g and b (Salimans & Kingma 2016, sec. 3)
         with torch.no_grad():
             data_dependent_init(model, x_train[:512])

@@ -1,4 +1,5 @@
-"""Shared pytest setup: the `slow` marker, a fake book for pipeline tests, and the real book built
+"""Shared pytest setup: the fast tier (`make test-fast` deselects tests marked slow, and every
+notebook that nbval executes counts as slow), a fake book for pipeline tests, and the real book built
 once with the quick profile in a scratch copy of the checkout (end-to-end, browser, reliability)."""
 import os
 import shutil
@@ -15,8 +16,11 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 REPO = Path(__file__).resolve().parent.parent
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: runs real kernels or builds the book (still in the default run)")
+def pytest_collection_modifyitems(items):
+    """nbval's cells (notebooks/*.ipynb) run real kernels and train: they belong to the slow tier."""
+    for item in items:
+        if item.nodeid.split("::")[0].endswith(".ipynb"):
+            item.add_marker(pytest.mark.slow)
 
 
 def _notebook(params_src, *cells):

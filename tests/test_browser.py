@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from PIL import Image
 
-from normlib import pipeline
+from normlib.pipeline import book as pbook
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("NORMLIB_ARTIFACTS") or REPO / "results" / "artifacts")
@@ -202,7 +202,7 @@ def site(quick_book):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    pages = [f"{entry}.html" for entry in pipeline.toc_files(quick_book.root)]
+    pages = [f"{entry}.html" for entry in pbook.toc_files(quick_book.root)]
     yield f"http://127.0.0.1:{server.server_address[1]}/", quick_book.html, pages
     server.shutdown()
     server.server_close()

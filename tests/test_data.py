@@ -13,7 +13,6 @@ import torch
 import torchvision.datasets
 
 from normlib import data
-from normlib.paths import data_dir
 
 FILES = tuple(data.SHA256)
 HOW = ("apt-get install dataset-fashion-mnist", "python -m normlib.data --download")
@@ -363,7 +362,8 @@ def test_read_only_root_still_loads(tmp_path, real_raw, spy, monkeypatch):
 
     def no_room(*a, **k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(data.tempfile, "mkstemp", no_room)
+    import tempfile
+    monkeypatch.setattr(tempfile, "mkstemp", no_room)  # normlib.paths.write_atomic cannot write
     s = data.load_fashion_mnist(tmp_path, val_size=100, train_size=500)
     assert s.x_train.shape == (500, 1, 28, 28) and stored(tmp_path) == []
 

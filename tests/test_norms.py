@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.gradcheck import GradcheckError
 
-from normlib import grid, kernels
+from normlib import kernels, trials
 from normlib.check import (compare_to_builtin, gradcheck, kernels_of, max_abs, numeric_gradient_errors,
                            rel_error)
 from normlib.norms import (BatchNorm, BatchNormFn, GroupNorm, GroupNormFn, LayerNorm, LayerNormFn, WeightNormConv2d,
@@ -148,10 +148,10 @@ def test_kernel_backend_setting(monkeypatch):
     monkeypatch.setenv("NORMLIB_KERNELS", "python")
     x = torch.randn(4, 6, requires_grad=True)
     assert type(BatchNorm(6)(x).grad_fn).__name__ == "BatchNormFnBackward"  # the reference pair
-    python_version = grid.code_version()
+    python_version = trials.code_version()
     monkeypatch.setenv("NORMLIB_KERNELS", "cpp")
     assert "BatchNormFn" not in type(BatchNorm(6)(x).grad_fn).__name__  # the C++ Function
-    assert grid.code_version() != python_version  # cached trials of the two are kept apart
+    assert trials.code_version() != python_version  # cached trials of the two are kept apart
     monkeypatch.setenv("NORMLIB_KERNELS", "fortran")
     with pytest.raises(kernels.KernelError, match=r"^NORMLIB_KERNELS = 'fortran': allowed cpp, python$"):
         BatchNorm(6)(x)

@@ -1,4 +1,6 @@
-"""normlib.pipeline on a fake two-notebook book: validation, failures, glue checks, the real build."""
+"""normlib.pipeline on a fake two-notebook book: the plan, failures, up-to-date stamps, several
+notebooks at once, progress on a terminal and in a log, the real build. (Refusals of bad requests
+are tested in-process on the real checkout in test_reliability.py.)"""
 import json
 import os
 import subprocess
@@ -7,19 +9,19 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
-from normlib import pipeline
+from normlib.pipeline import PipelineError, book as pbook, cli, execute, plan
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_pipeline(root, *args, profile=None):
+def run_pipeline(root, *args, profile=None, env=None):
     """Run the CLI in a subprocess; returns the CompletedProcess."""
     if profile is None:
         profile = root.parent / "test-profile.yaml"
         profile.write_text("description: test run\nparams:\n  epochs: 2\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("NORMLIB_RESULTS", "NORMLIB_WORKERS")}
+    env = {**{k: v for k, v in os.environ.items() if k not in ("NORMLIB_RESULTS", "NORMLIB_WORKERS")}, **(env or {})}
     env["PYTHONPATH"] = str(REPO)
     cmd = [sys.executable, "-m", "normlib.pipeline", "--root", str(root), "--profile", str(profile), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=300)
@@ -31,71 +33,26 @@ def written(root):
 
 
 # ----------------------------------------------------------------------------
-# bad requests: exit 2, one line, nothing written
+# requests refused because of the book itself (in-process: exit 2, one line, nothing written)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "epoch=3"], "--set: unknown parameter 'epoch' (known: epochs, fail, seeds); did you mean 'epochs'?"),
-    (["--set", "epochs=0"], "--set: parameter 'epochs' = 0: must be a positive integer"),
-    (["--set", "seeds=[0, 0]"], "parameter 'seeds' = [0, 0]: must be a non-empty list of distinct non-negative integers"),
-    (["--set", "beta.seeds=[1]"], "--set, notebook beta: unknown parameter 'seeds' (known: epochs, fail)"),
-    (["--set", "gamma.epochs=1"], "--set: unknown notebook 'gamma' (known: alpha, beta)"),
-    (["--set", "epochs"], "expected name=value"),
-    (["--only", "alpah"], "--only: unknown notebook 'alpah' (known: alpha, beta); did you mean 'alpha'?"),
-    (["--only", "alpha"], "not executed yet: beta"),
-    (["--jobs", "0"], "--jobs 0: must be a positive integer (notebooks executed at once)"),
-])
-def test_bad_cli_request_exits_2_and_writes_nothing(book, args, message):
-    proc = run_pipeline(book, *args)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("error: ") and message in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+def refused(book, capsys, monkeypatch, *args):
+    """cli.main on the fake book in this process: (exit status, stderr lines)."""
+    monkeypatch.delenv("NORMLIB_RESULTS", raising=False)
+    profile = book.parent / "test-profile.yaml"
+    profile.write_text("description: test run\nparams:\n  epochs: 2\n")
+    code = cli.main(["--root", str(book), "--profile", str(profile), *args])
     assert written(book) == []
+    return code, capsys.readouterr().err.strip().splitlines()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("params:\n  epoch: 2\n", "profile bad: unknown parameter 'epoch'"),
-    ("params:\n  epochs: -1\n", "profile bad: parameter 'epochs' = -1: must be a positive integer"),
-    ("notebooks:\n  beta:\n    seeds: [0]\n", "profile bad, notebook beta: unknown parameter 'seeds'"),
-    ("params: {epochs: [1\n", "is not valid YAML at line 2"),
-    ("parms:\n  epochs: 2\n", "unknown key 'parms' (allowed: description, params, notebooks, jobs)"),
-    ("jobs: 0\n", "'jobs' = 0: must be a positive integer (notebooks run at once)"),
-    ("- epochs\n", "must be a mapping"),
-])
-def test_bad_profile_exits_2_and_writes_nothing(book, text, message):
-    profile = book.parent / "bad.yaml"
-    profile.write_text(text)
-    proc = run_pipeline(book, profile=profile)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.startswith("error: ") and message in proc.stderr
-    assert written(book) == []
-
-
-def test_missing_profile_exits_2(book):
-    proc = run_pipeline(book, profile="no_such_profile")
-    assert proc.returncode == 2
-    assert "profile 'no_such_profile' not found" in proc.stderr and "available profiles: default, full, quick" in proc.stderr
-    proc = run_pipeline(book, profile=book / "missing.yaml")
-    assert proc.returncode == 2 and "missing.yaml" in proc.stderr
-    assert written(book) == []
-
-
-def test_unwritable_results_dir_exits_2(book):
-    (book / "results").write_text("a file where the results directory should be")
-    proc = run_pipeline(book)
-    assert proc.returncode == 2
-    assert "results directory" in proc.stderr and "cannot create or write" in proc.stderr
-
-
-def test_parameter_line_papermill_cannot_read_is_an_error(book):
+def test_parameter_line_papermill_cannot_read_is_an_error(book, capsys, monkeypatch):
     nb = nbformat.read(book / "notebooks" / "alpha.ipynb", as_version=4)
     nb.cells[1].source += "\ntrain_size: int = 2000  # 0 = all images"
     nbformat.write(nb, book / "notebooks" / "alpha.ipynb")
-    proc = run_pipeline(book)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    assert refused(book, capsys, monkeypatch) == (2, [
         f"error: {book}/notebooks/alpha.ipynb: papermill cannot read parameter line "
-        "'train_size: int = 2000  # 0 = all images' (one '=' per line: reword the comment)"]
+        "'train_size: int = 2000  # 0 = all images' (one '=' per line: reword the comment)"])
 
 
 # ----------------------------------------------------------------------------
@@ -105,65 +62,32 @@ def test_parameter_line_papermill_cannot_read_is_an_error(book):
 def test_plan_precedence_and_scoping():
     declared = {"a": {"epochs": "1", "seeds": "[0]"}, "b": {"epochs": "1", "force": "False"}}
     profile = {"params": {"seeds": [1, 2], "epochs": 3}, "notebooks": {"b": {"epochs": 4}}}
-    sets = pipeline.parse_sets(["epochs=5", "a.epochs=6"])
-    out = pipeline.plan("p", profile, sets, declared, ["a", "b"], force=True)
+    sets = plan.parse_sets(["epochs=5", "a.epochs=6"])
+    out = plan.plan("p", profile, sets, declared, ["a", "b"], force=True)
     assert out == {"a": {"seeds": [1, 2], "epochs": 6}, "b": {"epochs": 5, "force": True}}
 
 
 def test_set_values_are_yaml_with_numeric_exponents():
-    glob, per_nb = pipeline.parse_sets(["lr=1e-3", "seeds=[0, 1]", "nb.force=true", "name=sgd"])
+    glob, per_nb = plan.parse_sets(["lr=1e-3", "seeds=[0, 1]", "nb.force=true", "name=sgd"])
     assert glob == {"lr": 0.001, "seeds": [0, 1], "name": "sgd"} and per_nb == {"nb": {"force": True}}
 
 
 def test_toc_order_of_the_real_book():
-    names = pipeline.toc_notebooks(REPO)
+    names = pbook.toc_notebooks(REPO)
     assert names[:3] == ["procedure", "implementation_check", "step1_bn_training"]
     assert names[-2:] == ["study_claims", "cost"] and len(names) == 14  # cost runs last: it reports the others
 
 
 @pytest.mark.parametrize("profile", ["quick", "default", "full"])
 def test_shipped_profiles_are_valid(profile):
-    name, path, data = pipeline.load_profile(profile)
+    from normlib import params
+    name, path, data = plan.load_profile(profile)
     assert data["description"]
     names = set(data["params"]) | {k for v in data["notebooks"].values() for k in v}
-    pipeline.P.validate(data["params"])
+    params.validate(data["params"])
     for values in data["notebooks"].values():
-        pipeline.P.validate({**data["params"], **values})
-    assert names <= set(pipeline.P.RULES)
-
-
-# ----------------------------------------------------------------------------
-# glue references
-
-
-def _executed(path, keys):
-    outputs = [new_output("display_data", data={"application/papermill.record/text/plain": "1.0"},
-                          metadata={"scrapbook": {"name": k, "mime_prefix": "application/papermill.record/"}})
-               for k in keys]
-    nb = new_notebook(cells=[new_code_cell("glue(...)", outputs=outputs),
-                             new_markdown_cell("local {glue:text}`here:.1f` and {glue}`gone`")])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-
-
-def test_find_missing_glue_keys(book):
-    _executed(book / "book" / "notebooks" / "alpha.ipynb", ["answer", "here"])
-    _executed(book / "book" / "notebooks" / "beta.ipynb", ["gone", "here"])
-    (book / "book" / "intro.md").write_text(
-        "{glue:text}`notebooks/alpha.ipynb::answer:.2f` {glue:text}`notebooks/alpha.ipynb::nope:.2f`\n"
-        "{glue:text}`notebooks/beta.ipynb::here`\n"  # no format spec: myst-nb misparses it
-        "``{glue:text}`literal::example:.1f` `` is prose\n\n"
-        "```md\n{glue}`in_a_code_block`\n```\n\n"
-        ":::{note}\n{glue:text}`notebooks/beta.ipynb::gone:.1f` inside a note\n:::\n\n"
-        "```{glue:figure} fig_key\n:doc: notebooks/beta.ipynb\n:name: fig-x\n```\n")
-    missing = pipeline.find_missing_glue_keys(book)
-    assert missing == [
-        "book/intro.md: glue key 'nope' is not defined in book/notebooks/alpha.ipynb",
-        "book/intro.md: glue key 'notebooks/beta.ipynb:': this page is not a notebook "
-        "(a cross-page {glue:text} needs a format spec, e.g. `nb.ipynb::key:.3f`)",
-        "book/intro.md: glue key 'fig_key' is not defined in book/notebooks/beta.ipynb",
-        "book/notebooks/alpha.ipynb: glue key 'gone' is not defined in book/notebooks/alpha.ipynb",
-    ]
+        params.validate({**data["params"], **values})
+    assert names <= set(params.RULES)
 
 
 # ----------------------------------------------------------------------------
@@ -228,13 +152,18 @@ def test_broken_book_keeps_previous_build(book):
 
 
 @pytest.mark.slow
-def test_missing_glue_key_stops_before_the_book(book):
+def test_an_unknown_glue_key_fails_the_build_and_keeps_the_previous_one(book):
+    """jupyter-book -W reports a glue reference that no executed notebook defines (myst-nb's glue_ref
+    warning): the build fails, names the key, and the previous _build/ stays."""
+    (book / "_build" / "html").mkdir(parents=True)
+    (book / "_build" / "html" / "index.html").write_text("previous build")
     with open(book / "book" / "intro.md", "a") as f:
         f.write("\nMissing: {glue:text}`notebooks/beta.ipynb::nothing:.2f`\n")
     proc = run_pipeline(book)
     assert proc.returncode == 1
-    assert "error: book/intro.md: glue key 'nothing' is not defined in book/notebooks/beta.ipynb" in proc.stderr
-    assert not (book / "_build").exists()
+    assert "Glue reference 'nothing' not found in doc 'book/notebooks/beta'" in proc.stderr, proc.stderr
+    assert "error: book build failed" in proc.stderr
+    assert (book / "_build" / "html" / "index.html").read_text() == "previous build"
 
 
 # ----------------------------------------------------------------------------
@@ -291,20 +220,20 @@ def test_a_notebook_marked_always_execute_runs_every_time(book):
 def test_stamp_changes_with_source_parameters_and_environment(tmp_path):
     source = tmp_path / "nb.ipynb"
     source.write_text("{}")
-    base = pipeline.stamp(source, {"epochs": 1}, "env")
-    assert base == pipeline.stamp(source, {"epochs": 1}, "env")
-    assert base != pipeline.stamp(source, {"epochs": 2}, "env")
-    assert base != pipeline.stamp(source, {"epochs": 1}, "other env")
+    base = execute.stamp(source, {"epochs": 1}, "env")
+    assert base == execute.stamp(source, {"epochs": 1}, "env")
+    assert base != execute.stamp(source, {"epochs": 2}, "env")
+    assert base != execute.stamp(source, {"epochs": 1}, "other env")
     source.write_text("{ }")
-    assert base != pipeline.stamp(source, {"epochs": 1}, "env")
+    assert base != execute.stamp(source, {"epochs": 1}, "env")
 
 
 def test_environment_digest_covers_the_device(monkeypatch):
     from normlib import train
-    before = pipeline.environment_digest()
-    assert before == pipeline.environment_digest()
+    before = execute.environment_digest()
+    assert before == execute.environment_digest()
     monkeypatch.setattr(train, "resolve_device", lambda device: "cuda")
-    assert pipeline.environment_digest() != before
+    assert execute.environment_digest() != before
 
 
 # ----------------------------------------------------------------------------
@@ -337,17 +266,16 @@ def test_a_notebook_waits_for_the_notebooks_it_reads(book):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines.index("[2/2] beta started") > next(i for i, l in enumerate(lines) if l.startswith("[1/2] alpha ... done"))
-    assert pipeline.needs(book / "notebooks" / "beta.ipynb", ["alpha", "beta"]) == ["alpha"]
+    assert execute.prerequisites(book / "notebooks" / "beta.ipynb", ["alpha", "beta"]) == ["alpha"]
     _after(book, "beta", "all")
-    assert pipeline.needs(book / "notebooks" / "beta.ipynb", ["alpha", "beta"]) == ["alpha"]
+    assert execute.prerequisites(book / "notebooks" / "beta.ipynb", ["alpha", "beta"]) == ["alpha"]
 
 
-def test_after_must_name_an_earlier_notebook(book):
-    _after(book, "alpha", ["beta"])  # later in the book: the sequential order could not honour it
-    proc = run_pipeline(book)
-    assert proc.returncode == 2 and written(book) == []
-    assert "alpha.ipynb: metadata normlab.after names 'beta', which is not a notebook before it in _toc.yml" \
-        in proc.stderr
+def test_after_must_name_an_earlier_notebook(book, capsys, monkeypatch):
+    _after(book, "alpha", ["beta"])  # later in the book: book order could not honour it
+    code, err = refused(book, capsys, monkeypatch)
+    assert code == 2 and len(err) == 1
+    assert "alpha.ipynb: metadata normlab.after names 'beta', which is not a notebook before it in _toc.yml" in err[0]
 
 
 @pytest.mark.slow
@@ -375,17 +303,115 @@ def _notebook_with(outputs):
 def test_readme_figure_is_copied_from_the_executed_notebook(tmp_path):
     import base64
     png = b"\x89PNG\r\n\x1a\n a glued figure"
-    name, key, dest = pipeline.README_FIGURE
+    name, key, dest = pbook.README_FIGURE
     book_nbs = tmp_path / "book" / "notebooks"
     book_nbs.mkdir(parents=True)
     glued = {"output_type": "display_data", "metadata": {"scrapbook": {"name": key, "mime_prefix": ""}},
              "data": {"application/papermill.record/image/png": base64.b64encode(png).decode()}}
     (book_nbs / f"{name}.ipynb").write_text(json.dumps(_notebook_with([glued])))
-    assert pipeline.export_readme_figure(tmp_path) == tmp_path / dest
+    assert pbook.export_readme_figure(tmp_path) == tmp_path / dest
     assert (tmp_path / dest).read_bytes() == png
     (book_nbs / f"{name}.ipynb").write_text(json.dumps(_notebook_with([])))
-    with pytest.raises(pipeline.PipelineError, match=f"no figure glued as '{key}'"):
-        pipeline.export_readme_figure(tmp_path)
+    with pytest.raises(PipelineError, match=f"no figure glued as '{key}'"):
+        pbook.export_readme_figure(tmp_path)
     (book_nbs / f"{name}.ipynb").unlink()
-    with pytest.raises(pipeline.PipelineError, match="run the pipeline first"):
-        pipeline.export_readme_figure(tmp_path)
+    with pytest.raises(PipelineError, match="run the pipeline first"):
+        pbook.export_readme_figure(tmp_path)
+
+
+# ----------------------------------------------------------------------------
+# the run's pool, and progress while notebooks train
+
+
+def test_an_unreachable_scheduler_is_refused_before_anything_runs(book, capsys, monkeypatch):
+    code, err = refused(book, capsys, monkeypatch, "--scheduler", "tcp://127.0.0.1:9")
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: cannot reach the Dask scheduler at tcp://127.0.0.1:9 (")
+
+
+def test_a_profile_scheduler_must_be_an_address(book, capsys, monkeypatch):
+    profile = book.parent / "sched.yaml"
+    profile.write_text("scheduler: localhost\n")
+    monkeypatch.delenv("NORMLIB_RESULTS", raising=False)
+    assert cli.main(["--root", str(book), "--profile", str(profile)]) == 2
+    assert "'scheduler' = 'localhost': must be a Dask scheduler address such as tcp://host:8786" in \
+        capsys.readouterr().err
+    assert written(book) == []
+
+
+TRIALS_CELL = ("from normlib.trials import run_configs\nfrom normlib.train import TrainConfig\n"
+               "hs = run_configs([TrainConfig(train_size=2048, val_size=100, hidden=(64,), batch_size=32, epochs=1, "
+               "seed=s, device='cpu') for s in range(12)])\nglue('n_trials', len(hs), display=False)")
+
+
+def _with_trials(book):
+    nb = nbformat.read(book / "notebooks" / "alpha.ipynb", as_version=4)
+    nb.cells.insert(2, new_code_cell(TRIALS_CELL))
+    nbformat.write(nb, book / "notebooks" / "alpha.ipynb")
+
+
+@pytest.mark.slow
+def test_progress_in_a_log_and_the_final_summary(book):
+    """Output to a pipe (a CI log): a line per running notebook every NORMLIB_PROGRESS_EVERY seconds with
+    its trials done / total, then a summary of each notebook's time and trials trained or reused."""
+    _with_trials(book)
+    proc = run_pipeline(book, "--no-book", env={"NORMLIB_PROGRESS_EVERY": "0.5"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    progress = [l for l in lines if l.startswith("  alpha: ") and " trials (0 cached)" in l]
+    assert progress, proc.stdout
+    assert "\x1b[K" not in proc.stdout and "\r" not in proc.stdout  # no terminal control codes in a log
+    assert "[1/2] alpha ... done in" in proc.stdout and "12 trials trained, 0 reused" in proc.stdout
+    summary = lines[lines.index(next(l for l in lines if l.startswith("notebook "))):]
+    assert summary[1].split()[:2] == ["alpha", "executed"] and summary[1].split()[-2:] == ["12", "0"]
+    # the same notebook again (--rerun): every trial comes from the cache
+    again = run_pipeline(book, "--no-book", "--rerun", "--only", "alpha")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 trials trained, 12 reused" in again.stdout
+
+
+@pytest.mark.slow
+def test_progress_in_place_on_a_terminal(book):
+    import pty
+    _with_trials(book)
+    profile = book.parent / "test-profile.yaml"
+    profile.write_text("description: test run\nparams:\n  epochs: 2\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("NORMLIB_RESULTS", "NORMLIB_WORKERS")}
+    env["PYTHONPATH"] = str(REPO)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "normlib.pipeline", "--root", str(book), "--profile", str(profile),
+                             "--no-book"], stdout=follower, stderr=subprocess.PIPE, env=env, cwd=book)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the other end closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=300)
+    os.close(leader)
+    text = out.decode()
+    assert proc.returncode == 0, text + proc.stderr.read().decode()
+    live = [part for part in text.split("\r\x1b[K") if part.startswith("alpha: ")]
+    assert any(" trials (0 cached)" in part for part in live), text  # rewritten in place
+    assert "[1/2] alpha ... done in" in text
+
+
+def test_progress_describes_trials_done_and_time_left(tmp_path):
+    import io
+    import time
+    progress = execute.Progress(["a", "b"], tmp_path, stream=io.StringIO(), every=0)
+    progress.running["a"] = time.monotonic() - 65
+    assert progress.describe("a").startswith("a: 1m05s")  # no status yet
+    now = time.time()
+    (tmp_path / "a.json").write_text(json.dumps({"total": 40, "cached": 8, "trained": 0, "hosts": {},
+                                                 "train_seconds": 0.0, "started": now - 10, "updated": now}))
+    assert progress.describe("a").endswith("8/40 trials (8 cached), 1m05s, estimating time left")
+    (tmp_path / "a.json").write_text(json.dumps({"total": 40, "cached": 8, "trained": 4, "hosts": {"h": 4},
+                                                 "train_seconds": 20.0, "started": now - 10, "updated": now}))
+    assert progress.describe("a") == "a: 12/40 trials (8 cached), 1m05s, about 1m10s left"  # 28 left at 2.5 s each
+    progress.tick()
+    assert progress.stream.getvalue() == "  a: 12/40 trials (8 cached), 1m05s, about 1m10s left\n"

@@ -1,7 +1,8 @@
 """Reliability of the pipeline: bad input, damaged data, diverged runs, interrupted runs, determinism.
 
-- Bad input: every case goes through the real command line (`python -m normlib.pipeline`, in a
-  scratch copy of the checkout) and must exit 2 with one line naming the parameter, the value and
+- Bad input: every case goes through the pipeline's command line in this process (cli.main, on a
+  scratch copy of the checkout), and one case of each kind also through the real command line
+  (`python -m normlib.pipeline`); each must exit 2 with one line naming the parameter, the value and
   what is allowed, having written nothing.
 - Data: missing, truncated and corrupted Fashion-MNIST files are caught by their sha256 and reported
   with what to do, by normlib.data and by the pipeline before any notebook runs.
@@ -26,7 +27,7 @@ import pytest
 
 from conftest import copy_repo, pipeline_cmd, pipeline_env, run_cli, tail
 from normlib import data as D
-from normlib import pipeline
+from normlib.pipeline import book as pbook, cli, plan
 from normlib.paths import data_dir
 
 matplotlib.use("Agg")
@@ -93,37 +94,60 @@ BAD_REQUESTS = [
      ["error: --only: unknown notebook 'step1_bn_trainig'", "did you mean 'step1_bn_training'"]),
     ("not name=value", ["--set", "seeds"], "error: --set 'seeds': expected name=value or notebook.name=value"),
     ("value not YAML", ["--set", "seeds=[0,"], "error: --set 'seeds=[0,': value is not valid YAML"),
-    ("negative workers", ["--workers", "-1"], "error: --workers -1: must be a non-negative integer (0 = one per core)"),
+    ("no workers", ["--workers", "0"], "error: --workers 0: must be a positive integer (worker processes of the pool)"),
+    ("bad scheduler address", ["--scheduler", "tcp://127.0.0.1:9"],
+     ["error: cannot reach the Dask scheduler at tcp://127.0.0.1:9 (", "dask scheduler"]),
     ("missing profile", ["--profile", "nightly"],
      ["error: profile 'nightly' not found: no file ", "nightly.yaml (available profiles: default, full, quick)"]),
 ]
 
 
-def check_refused(proc, expected, root, results):
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, tail(proc)
-    assert len(lines) == 1, proc.stderr
+def check_refused(code, out, err, expected, root, results):
+    lines = err.strip().splitlines()
+    assert code == 2, out + err
+    assert len(lines) == 1, err
     if isinstance(expected, str):
         assert lines[0] == expected
     else:
         assert lines[0].startswith(expected[0]) and all(x in lines[0] for x in expected[1:]), lines[0]
-    assert proc.stdout == ""
+    assert out == ""
     assert written(root, results) == []
 
 
+def refuse_in_process(root, results, args, monkeypatch, capsys):
+    """cli.main(args) in this process, as `python -m normlib.pipeline` runs it: (code, stdout, stderr)."""
+    monkeypatch.setenv("NORMLIB_RESULTS", str(results))
+    code = cli.main(["--root", str(root), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.parametrize("args, expected", [c[1:] for c in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS])
-def test_bad_request_is_refused_before_anything_runs(checkout, tmp_path, args, expected):
+def test_bad_request_is_refused_before_anything_runs(checkout, tmp_path, args, expected, monkeypatch, capsys):
+    results = tmp_path / "results"
+    code, out, err = refuse_in_process(checkout, results, ["--profile", "quick", *args], monkeypatch, capsys)
+    check_refused(code, out, err, expected, checkout, results)
+
+
+# one case of each kind through the real command line: a bad value, an unknown name, a bad profile
+CLI_CASES = ["batch size 0", "unknown parameter", "missing profile"]
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_the_command_line_refuses_the_same_way(checkout, tmp_path, case):
+    _, args, expected = next(c for c in BAD_REQUESTS if c[0] == case)
     results = tmp_path / "results"
     proc = run_cli(checkout, "--profile", "quick", *args, results=results, timeout=120)
-    check_refused(proc, expected, checkout, results)
+    check_refused(proc.returncode, proc.stdout, proc.stderr, expected, checkout, results)
 
 
 # {path}: the profile file; its name is "mine"
 BAD_PROFILES = [
     ("invalid YAML", "params:\n  seeds: [0, 1\n", ["error: profile {path} is not valid YAML at line 3: "]),
     ("unknown key", "description: x\nparameters:\n  seeds: [0]\n",
-     "error: profile {path}: unknown key 'parameters' (allowed: description, params, notebooks, jobs)"),
-    ("not a mapping", "- seeds\n", "error: profile {path}: must be a mapping with keys description, params, notebooks, jobs"),
+     "error: profile {path}: unknown key 'parameters' (allowed: description, params, notebooks, jobs, scheduler)"),
+    ("not a mapping", "- seeds\n",
+     "error: profile {path}: must be a mapping with keys description, params, notebooks, jobs, scheduler"),
     ("unknown norm in a notebook", "notebooks:\n  step5_comparison:\n    norms: [batch, batchnorm]\n",
      "error: profile mine, notebook step5_comparison: parameter 'norms' = ['batch', 'batchnorm']: "
      f"unknown norm 'batchnorm' {ALLOWED_NORMS}"),
@@ -135,40 +159,45 @@ BAD_PROFILES = [
 
 
 @pytest.mark.parametrize("text, expected", [c[1:] for c in BAD_PROFILES], ids=[c[0] for c in BAD_PROFILES])
-def test_bad_profile_is_refused(checkout, tmp_path, text, expected):
+def test_bad_profile_is_refused(checkout, tmp_path, text, expected, monkeypatch, capsys):
     profile = tmp_path / "mine.yaml"
     profile.write_text(text)
     results = tmp_path / "results"
-    proc = run_cli(checkout, "--profile", str(profile), results=results, timeout=120)
     expected = [e.format(path=profile) for e in expected] if isinstance(expected, list) \
         else expected.format(path=profile)
-    check_refused(proc, expected, checkout, results)
+    code, out, err = refuse_in_process(checkout, results, ["--profile", str(profile)], monkeypatch, capsys)
+    check_refused(code, out, err, expected, checkout, results)
 
 
-def test_unwritable_data_root_is_refused(checkout, tmp_path):
+def test_unwritable_data_root_is_refused(checkout, tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a directory should be")  # root ignores permissions, not this
     results = tmp_path / "results"
-    proc = run_cli(checkout, "--profile", "quick", results=results, timeout=120, NORMLIB_DATA=str(blocker / "data"))
-    check_refused(proc, f"error: data root {blocker / 'data'} cannot be created (Not a directory); "
-                        f"set NORMLIB_DATA to a writable folder", checkout, results)
+    monkeypatch.setenv("NORMLIB_DATA", str(blocker / "data"))
+    code, out, err = refuse_in_process(checkout, results, ["--profile", "quick"], monkeypatch, capsys)
+    check_refused(code, out, err, f"error: data root {blocker / 'data'} cannot be created (Not a directory); "
+                                  f"set NORMLIB_DATA to a writable folder", checkout, results)
 
 
+@pytest.mark.slow
 def test_unwritable_results_directory_is_refused(checkout, tmp_path):
+    """Through the real command line: the run's pool is started (a notebook would run) and closed again."""
     blocker = tmp_path / "file"
     blocker.write_text("x")
     proc = run_cli(checkout, "--profile", "quick", results=blocker / "results", timeout=120)
-    check_refused(proc, f"error: results directory '{blocker / 'results'}': cannot create or write this directory "
-                        f"(Not a directory)", checkout, blocker / "results")
+    check_refused(proc.returncode, proc.stdout, proc.stderr,
+                  f"error: results directory '{blocker / 'results'}': cannot create or write this directory "
+                  f"(Not a directory)", checkout, blocker / "results")
 
 
 def test_every_notebook_parameter_is_validated_by_the_pipeline():
     """A declared parameter without a rule in normlib.params.RULES would reach its notebook unchecked
     (and fail only after the notebooks before it had trained)."""
     unruled = {}
-    for name in pipeline.toc_notebooks(REPO):
-        declared = pipeline.declared_parameters(REPO / "notebooks" / f"{name}.ipynb")
-        for p in sorted(set(declared) - set(pipeline.P.RULES)):
+    from normlib import params
+    for name in pbook.toc_notebooks(REPO):
+        declared = plan.declared_parameters(REPO / "notebooks" / f"{name}.ipynb")
+        for p in sorted(set(declared) - set(params.RULES)):
             unruled.setdefault(p, []).append(name)
     assert not unruled, f"parameters without a rule in normlib.params.RULES: {unruled}"
 
@@ -229,7 +258,7 @@ def test_pipeline_reports_damaged_data_before_running_anything(tmp_path, monkeyp
     monkeypatch.setenv("NORMLIB_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("NORMLIB_RESULTS", str(tmp_path / "results"))
     root = copy_repo(tmp_path / "repo")
-    assert pipeline.main(["--root", str(root), "--profile", "quick"]) == 2
+    assert cli.main(["--root", str(root), "--profile", "quick"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: Fashion-MNIST not usable: ")
     assert f"{path} {EXPECTED_DAMAGE[how]}" in err[0] and "apt-get install dataset-fashion-mnist" in err[0]
@@ -263,20 +292,20 @@ def test_corrupted_file_is_replaced_from_debian_package(tmp_path):
 
 def test_diverged_run_is_recorded_cached_and_reported(tmp_path):
     from normlib import figures, metrics, study, studies
-    from normlib.grid import run_grid
+    from normlib.trials import run_configs
     from normlib.train import TrainConfig
 
     base = dict(arch="mlp", norm="none", schedule="constant", train_size=512, val_size=256, batch_size=64,
                 epochs=1, evals_per_epoch=2)
     configs = [TrainConfig(**base, lr=lr, seed=seed) for lr in (0.05, 100.0) for seed in (0, 1)]
-    hists = run_grid(configs, workers=1, cache=tmp_path / "trials", progress=False)
+    hists = run_configs(configs, workers=1, cache=tmp_path / "trials", progress=False)
     ok, bad = hists[0], hists[2]
     assert not ok.diverged and ok.diverged_step is None and math.isfinite(ok.test_acc)
     assert bad.diverged and bad.diverged_step == len(bad.step_loss) < ok.steps_per_epoch
     assert not math.isfinite(bad.step_loss[-1] * bad.step_grad_norm[-1])
     assert all(math.isfinite(x) for x in bad.step_loss[:-1]) and math.isnan(bad.test_acc)
     # cached with its divergence, read back identically
-    again = run_grid(configs, workers=1, cache=tmp_path / "trials", progress=False)
+    again = run_configs(configs, workers=1, cache=tmp_path / "trials", progress=False)
     assert json.dumps(again[2].to_dict()) == json.dumps(bad.to_dict())
     # tables: the row says diverged, at which step, with no final metrics
     table = studies.sweep_table(hists, "lr")
@@ -304,13 +333,13 @@ TINY = ["--profile", "quick", "--only", "step1_bn_training,step3_ln_training", "
 
 
 def result_tables(results):
-    """{file: canonical JSON} of every cached trial (grid and probed), wall time (not a result) removed."""
+    """{file: canonical JSON} of every cached trial (plain and probed), where and how long it ran (not a
+    result) removed."""
     tables = {}
-    for path in sorted(Path(results).glob("*/*.json")):
+    for path in sorted(Path(results).glob("trials/*.json")):
         d = json.loads(path.read_text())
-        for h in (d, d.get("history")):
-            if isinstance(h, dict):
-                h.pop("wall_time", None)
+        d.pop("ran_on")
+        d["history"].pop("wall_time")
         tables[str(path.relative_to(results))] = json.dumps(d, sort_keys=True)
     return tables
 

@@ -3,7 +3,6 @@ the probes on models whose answer is known, the sweep builders, the verdict help
 cached runner. Synthetic data keeps all but one test off the disk."""
 import math
 from collections import OrderedDict
-from dataclasses import replace
 
 import matplotlib
 import numpy as np
@@ -13,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normlib import figures, probes, studies
+from normlib import figures, models, probes, studies
 from normlib.data import Splits
 from normlib.models import build_model
 from normlib.params import ParameterError, positive_float
 from normlib.train import History, TrainConfig, evaluate, train
+from normlib.trials import Result
 
 matplotlib.use("Agg")
 
@@ -47,14 +47,14 @@ def small(**kw):
 @pytest.mark.parametrize("norm", ["none", "batch"])
 def test_a_build_hook_making_the_standard_network_reproduces_train(norm, schedule):
     data, config = fake_data(), small(norm=norm, schedule=schedule)
-    a, b = train(config, data), train(config, data, build=probes.build_standard_model)
+    a, b = train(config, data), train(config, data, build=models.from_config)
     for name in ("step_loss", "step_grad_norm", "eval_step", "train_loss", "train_acc", "val_loss", "val_acc"):
         assert getattr(a, name) == getattr(b, name), name
     assert (a.test_loss, a.test_acc, a.diverged) == (b.test_loss, b.test_acc, b.diverged)
 
 
 def test_batch_layer_model_puts_a_layer_norm_after_every_batch_norm():
-    model = probes.build_batch_layer_model(small(norm="batch"))
+    model = models.batch_and_layer(small(norm="batch"))
     names = [n for n, _ in model.named_children()]
     assert names == ["flatten", "fc1", "norm1", "lnorm1", "act1", "fc2", "norm2", "lnorm2", "act2", "out"]
     y = model(torch.randn(8, 1, 28, 28))
@@ -63,12 +63,12 @@ def test_batch_layer_model_puts_a_layer_norm_after_every_batch_norm():
     hidden = model[:4](torch.randn(8, 1, 28, 28))  # (8, 16) after lnorm1
     assert torch.allclose(hidden.mean(1), torch.zeros(8), atol=1e-5)
     with pytest.raises(ValueError, match="only the MLP"):
-        probes.build_batch_layer_model(small(norm="batch", arch="cnn"))
+        models.batch_and_layer(small(norm="batch", arch="cnn"))
 
 
 def test_train_with_a_build_hook_trains_the_batch_layer_network():
     data, config = fake_data(), small(norm="batch", epochs=3)
-    hist = train(config, data, build=probes.build_batch_layer_model)
+    hist = train(config, data, build=models.batch_and_layer)
     assert hist.step_loss != train(config, data).step_loss  # the hook's network trained, not the standard one
     assert not hist.diverged and len(hist.step_loss) == 3 * 8
     assert hist.step_loss[-1] < hist.step_loss[0]
@@ -269,7 +269,7 @@ def test_validate_study_names_the_parameter():
 def probed(norm, seed, probe, diverged=False):
     h = History(config={"norm": norm, "seed": seed, "activation": "relu", "norm_position": "before"},
                 val_acc=[0.5], val_loss=[1.0], diverged=diverged)
-    return h, probe
+    return Result(h, probe)
 
 
 def test_drift_table_measures_the_shift_of_the_median_over_units():
@@ -314,26 +314,6 @@ def test_claim_together_flags_a_larger_gap_as_overfitting():
     assert out["claim_together_best_single"] == "batch norm"
     half = pd.DataFrame(rows).assign(gap=lambda d: d["gap"].where(d["norm"] != "batch", d["gap"] + 0.4))
     assert studies.claim_together(half)["claim_together_overfit"].startswith("not established: the pair's gap is")
-
-
-# ---------------------------------------------------------------------------------------------
-# the cached runner (real data: a few steps on a small subset)
-
-def test_run_trials_caches_and_keeps_order(tmp_path, monkeypatch):
-    config = TrainConfig(hidden=(16,), train_size=256, val_size=200, batch_size=64, max_steps=4, device="cpu")
-    trials = [studies.trial(config, "layer_grads"),
-              studies.trial(replace(config, norm="batch"), "train_eval", model="batch+layer")]
-    first = studies.run_trials(trials, workers=1, cache=tmp_path, progress=False)
-    assert [h.config["norm"] for h, _ in first] == ["none", "batch"]
-    assert len(first[0][1]["first"]) == 4 and first[1][1]["step"] == [4]
-    assert len(list(tmp_path.glob("*.json"))) == 2
-
-    def fail(*args):
-        raise AssertionError("a cached trial was recomputed")
-
-    monkeypatch.setattr(studies, "_run_and_store", fail)
-    again = studies.run_trials(trials, workers=1, cache=tmp_path, progress=False)
-    assert [h.step_loss for h, _ in again] == [h.step_loss for h, _ in first]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,336 @@
+"""Running trials: one runner for every trial of the report, plain or probed.
+
+A Trial is a TrainConfig, optionally a probe that watches the network while it trains
+(normlib.probes.PROBES) and a network variant (normlib.models.VARIANTS: the standard network of
+the config, or a study's own). `run_trials` returns one Result per trial, in order: the History,
+the probe's record and where the trial ran.
+
+Cache. A result is stored as JSON in results/trials/<key>.json; the key hashes the trial, the
+device and number of torch threads it runs with, the data fingerprint and the version of the code
+it runs (`code_version`: the trainer's files, plus probes.py for a probed trial). A re-run reads
+finished trials back; a changed config, data set or code computes them again; `force` recomputes.
+The client validates each result as it arrives and writes its entry atomically, so a run killed at
+any moment loses only the trials still training, and workers need no access to the results folder.
+
+Executors (normlib.executors): in this process, local processes, or a Dask cluster. Every trial
+runs with THREADS torch threads and its own random state (normlib.train.seeded_model), so its
+History does not depend on the executor, the number of workers or a Dask worker's threads. Before
+the first trial goes to a pool, every worker's environment (normlib code, torch version, kernel
+backend, data fingerprint) is compared with this client's, and each trial checks it again on the
+worker that runs it: a mismatch stops the run with one line naming the worker and what differs.
+
+Progress: a bar in the notebook, and, when the pipeline runs the notebook (NORMLIB_PROGRESS names a
+file), a small status file it reads to show trials done / total, cached ones counted, per notebook.
+"""
+import functools
+import hashlib
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from normlib import executors, kernels
+from normlib.data import fingerprint
+from normlib.paths import results_dir, write_atomic
+from normlib.train import History, TrainConfig
+
+THREADS = 1  # torch threads per trial, whatever runs it
+TRAINER_FILES = ("norms.py", "kernels.py", "models.py", "data.py", "train.py")  # and every normlib/**/*.cpp
+PROBE_FILES = ("probes.py",)
+
+
+# ----------------------------------------------------------------------------
+# what a trial is
+
+
+@dataclass(frozen=True)
+class Trial:
+    config: TrainConfig
+    probe: str = ""           # "" or a name in normlib.probes.PROBES
+    options: tuple = ()       # the probe's options as ((name, value), ...)
+    model: str = "standard"   # a name in normlib.models.VARIANTS
+
+    def to_dict(self):
+        return {"config": self.config.to_dict(), "probe": self.probe, "options": dict(self.options),
+                "model": self.model}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(TrainConfig.from_dict(d["config"]), d["probe"], _options(d["options"]), d["model"])
+
+
+def _options(options):
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(options).items()))
+
+
+def trial(config, probe="", model="standard", **options):
+    """A Trial; options become a hashable, ordered tuple (lists become tuples)."""
+    return Trial(config, probe, _options(options), model)
+
+
+def as_trial(item):
+    """A Trial from a Trial, a TrainConfig or a TrainConfig's dict."""
+    if isinstance(item, Trial):
+        return item
+    return Trial(item if isinstance(item, TrainConfig) else TrainConfig.from_dict(item))
+
+
+@dataclass
+class Result:
+    history: History
+    probe: dict = field(default_factory=dict)
+    ran_on: dict = field(default_factory=dict)  # worker, host, cpu, cores, threads, device, seconds
+    cached: bool = False
+
+
+# ----------------------------------------------------------------------------
+# keys
+
+
+def _source_files(names):
+    here = Path(__file__).parent
+    return [here / n for n in names] + sorted(here.rglob("*.cpp"))
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(names, backend):
+    h = hashlib.sha256()
+    for path in _source_files(names):
+        h.update(path.relative_to(Path(__file__).parent).as_posix().encode() + b"\0" + path.read_bytes())
+    h.update(backend.encode())
+    return h.hexdigest()[:16]
+
+
+def code_version(probed=True):
+    """Digest of the source a trial's result depends on: the trainer's files (TRAINER_FILES, the C++
+    kernels), probes.py for a probed trial, and which implementation the custom layers use on CPU
+    (normlib.kernels.backend(): the C++ kernels or the reference pairs)."""
+    return _digest(TRAINER_FILES + (PROBE_FILES if probed else ()), kernels.backend())
+
+
+def trial_key(t, device="cpu", threads=THREADS):
+    """Hash of the trial, the device and threads it runs with, the data and the code."""
+    t = as_trial(t)
+    payload = {"trial": t.to_dict(), "device": device, "threads": threads, "data": fingerprint(),
+               "code": code_version(bool(t.probe))}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cache_dir(path=None):
+    return Path(path) if path else results_dir() / "trials"
+
+
+def load(path, t=None):
+    """The Result stored at path (for trial t, if given), or None if absent, unreadable or another
+    trial's: then it is computed again."""
+    try:
+        d = json.loads(Path(path).read_text())
+        if t is not None and d["trial"] != as_trial(t).to_dict():
+            return None
+        return Result(History.from_dict(d["history"]), d["probe"], d["ran_on"], cached=True)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+# ----------------------------------------------------------------------------
+# on the worker
+
+
+def environment():
+    """What every result depends on besides the trial, as this process sees it: normlib's code, torch,
+    the kernel backend and the data (its fingerprint, or why the data cannot be used here)."""
+    from normlib.data import DataError
+
+    try:
+        data = fingerprint()
+    except DataError as e:
+        data = f"unusable ({executors._first_line(e)})"
+    return {"normlib code": code_version(), "torch": torch.__version__, "kernels": kernels.backend(), "data": data}
+
+
+def machine():
+    """Where this process runs: host, CPU model, logical cores, CUDA device."""
+    from normlib.provenance import cpu_model
+
+    return {"host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count() or 1,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+
+
+def report():
+    """A worker's environment and machine (run on every worker before the first trial)."""
+    return {"environment": environment(), "machine": machine()}
+
+
+def differences(expected, found):
+    """'' when the environments agree, else one phrase per difference."""
+    return "; ".join(f"{k} {found.get(k)!s} (this client: {v!s})" for k, v in expected.items() if found.get(k) != v)
+
+
+class WorkerMismatch(RuntimeError):
+    """A worker whose environment differs from the client's; the message is one line."""
+
+
+def _worker_name():
+    try:
+        from distributed import get_worker
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"{socket.gethostname()} (pid {os.getpid()})"
+
+
+def run_job(job):
+    """Runs where the trial runs: check the environment against the client's, train the trial with
+    `threads` torch threads on `device`, and return its result as plain data."""
+    from normlib import probes
+
+    found = environment()
+    diff = differences(job["expect"], found)
+    if diff:
+        raise WorkerMismatch(f"worker {_worker_name()}: {diff}")
+    t = Trial.from_dict(job["trial"])
+    saved = torch.get_num_threads()
+    torch.set_num_threads(job["threads"])
+    start = time.perf_counter()
+    try:
+        hist, probe = probes.run(t, device=job["device"])
+    finally:
+        torch.set_num_threads(saved)
+    ran_on = {"worker": _worker_name(), **machine(), "threads": job["threads"], "device": job["device"],
+              "seconds": round(time.perf_counter() - start, 3)}
+    return {"history": hist.to_dict(), "probe": probe, "ran_on": ran_on}
+
+
+# ----------------------------------------------------------------------------
+# on the client
+
+
+_CHECKED = set()  # executors (by identity of their pool) whose workers passed the check
+
+
+def check_workers(executor):
+    """Compare every worker's environment with this client's; PoolError naming the first worker that
+    differs. Returns {worker: report}. Checked once per pool and process."""
+    expect = environment()
+    reports = executor.workers(report)
+    for name, r in reports.items():
+        diff = differences(expect, r["environment"])
+        if diff:
+            raise executors.PoolError(f"worker {name} ({r['machine']['host']}) differs from this client: {diff}; "
+                                      f"start it from the same checkout, environment and data")
+    return reports
+
+
+def _device(t, executor_cuda):
+    return ("cuda" if executor_cuda else "cpu") if t.config.device == "auto" else t.config.device
+
+
+def run_trials(items, *, workers=0, scheduler=None, force=False, cache=None, progress=True):
+    """Results for items (Trials, TrainConfigs or their dicts), in order: cached ones read back, the
+    rest computed by executors.executor_for(workers, scheduler) and stored as they arrive.
+    Identical trials in one call run once."""
+    trials = [as_trial(x) for x in items]
+    if not trials:
+        return []
+    executor = executors.executor_for(workers, scheduler)
+    cuda = executor.cuda() if any(t.config.device == "auto" for t in trials) else False
+    devices = [_device(t, cuda) for t in trials]
+    keys = [trial_key(t, d) for t, d in zip(trials, devices)]
+    folder = cache_dir(cache)
+    results = [None if force else load(folder / f"{k}.json", t) for k, t in zip(keys, trials)]
+    todo = {}  # key -> indices still to compute
+    for i, r in enumerate(results):
+        if r is None:
+            todo.setdefault(keys[i], []).append(i)
+    bar = Progress(len(trials), len(trials) - sum(map(len, todo.values())), show=progress)
+    try:
+        if todo:
+            key_order = list(todo)
+            if executor.kind != "in-process":
+                check_workers(executor)
+            expect = environment()
+            jobs = [{"trial": trials[todo[k][0]].to_dict(), "device": devices[todo[k][0]], "threads": THREADS,
+                     "expect": expect} for k in key_order]
+            resources = [{"GPU": 1} if job["device"] == "cuda" else None for job in jobs]
+            for j, out in executor.map(run_job, jobs, keys=[f"trial-{k}" for k in key_order], resources=resources):
+                key = key_order[j]
+                result = _accept(out, trials[todo[key][0]])
+                write_atomic(folder / f"{key}.json", json.dumps({"key": key, "trial": jobs[j]["trial"],
+                                                                  "device": jobs[j]["device"], **out}))
+                for i in todo[key]:
+                    results[i] = result
+                bar.update(len(todo[key]), result.ran_on)
+    finally:
+        bar.close()
+    return results
+
+
+def _accept(out, t):
+    """The Result of a worker's output, checked: a History of this trial's config."""
+    hist = History.from_dict(out["history"])
+    if hist.config != t.config.to_dict():
+        raise executors.PoolError(f"worker {out['ran_on'].get('worker')} returned the result of another trial")
+    return Result(hist, out["probe"], out["ran_on"])
+
+
+def run_configs(configs, **kwargs):
+    """The Histories of run_trials for plain configs."""
+    return [r.history for r in run_trials(configs, **kwargs)]
+
+
+# ----------------------------------------------------------------------------
+# progress
+
+
+class Progress:
+    """A tqdm bar in the notebook (stderr), and, when NORMLIB_PROGRESS names a file, a status file the
+    pipeline reads: trials total / cached / trained by this notebook so far, the hosts that trained
+    them, and when it started. Counts accumulate over every run_trials call of the process."""
+
+    _state = {}  # status file -> running totals of this process
+
+    def __init__(self, total, cached, show=True):
+        self.bar = None
+        if show and total > cached:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=cached, desc=f"{total} trials ({cached} cached)")
+        self.path = os.environ.get("NORMLIB_PROGRESS")
+        if self.path:
+            now = time.time()
+            s = self._state.setdefault(self.path, {"total": 0, "cached": 0, "trained": 0, "hosts": {},
+                                                   "train_seconds": 0.0, "started": now})
+            s["total"] += total
+            s["cached"] += cached
+            self.last = 0.0
+            self._write(force=True)
+
+    def update(self, n, ran_on):
+        if self.bar is not None:
+            self.bar.update(n)
+        if self.path:
+            s = self._state[self.path]
+            s["trained"] += n
+            host = ran_on.get("host", "?")
+            s["hosts"][host] = s["hosts"].get(host, 0) + 1
+            seconds = ran_on.get("seconds", 0.0)
+            s["train_seconds"] += seconds if math.isfinite(seconds) else 0.0
+            self._write()
+
+    def _write(self, force=False):
+        now = time.time()
+        if force or now - self.last >= 1.0:
+            self.last = now
+            try:
+                write_atomic(self.path, json.dumps({**self._state[self.path], "updated": now}))
+            except OSError:
+                pass  # progress is a courtesy; a trial never fails for it
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+        if self.path:
+            self._write(force=True)
