@@ -4,7 +4,7 @@ backward is compared with torch's built-in layers, with centred finite differenc
 custom layers against the built-ins. Used by tests/test_norms.py and the implementation-check notebook.
 
 `kernel` selects which from-scratch implementation is checked: "python", the reference pairs of
-normlib.norms (PyTorch ops, every kind), or "cpp", the fused C++ kernels of normlib/kernels.cpp
+normlib.norms (PyTorch ops, every kind), or "cpp", the fused C++ kernels of normlib/csrc/norms.cpp
 (batch, layer and group norm, CPU), which the custom layers use on CPU.
 
 `shape` is always the input shape, (N, C) or (N, C, H, W). For kind "weight" the input feeds a
@@ -95,9 +95,7 @@ def _custom(kind, t, groups, kernel="python"):
             return ext.layer_norm(x, t["gamma"], t["beta"], EPS)
         if kind == "group":
             return ext.group_norm(x, t["gamma"], t["beta"], group_count(x.shape[1], groups), EPS)
-        c = x.shape[1]  # batch norm; fresh running statistics, updated and dropped
-        running = torch.zeros(c, dtype=x.dtype), torch.ones(c, dtype=x.dtype)
-        return ext.batch_norm_train(x, t["gamma"], t["beta"], *running, 0.1, EPS)
+        return ext.batch_norm(x, t["gamma"], t["beta"], EPS)[0]  # batch norm; the batch statistics dropped
     if kind == "batch":
         return BatchNormFn.apply(t["x"], t["gamma"], t["beta"], EPS)[0]
     if kind == "layer":

@@ -24,7 +24,7 @@ from normlib.data import fingerprint
 from normlib.paths import results_dir, write_atomic
 from normlib.train import History, TrainConfig, resolve_device, train
 
-CODE_FILES = ("norms.py", "kernels.py", "kernels.cpp", "models.py", "data.py", "train.py")
+CODE_FILES = ("norms.py", "kernels.py", "csrc/norms.cpp", "csrc/pooling.cpp", "models.py", "data.py", "train.py")
 
 
 def code_version():

@@ -1,12 +1,13 @@
-"""The fused CPU kernels of the from-scratch batch norm, layer norm and group norm (normlib/kernels.cpp).
+"""The fused CPU kernels of the from-scratch layers: batch, layer and group norm (normlib/csrc/norms.cpp)
+and the CNN's 2 x 2 max pooling (normlib/csrc/pooling.cpp), compiled into one extension module.
 
 The reference pairs in normlib.norms (PyTorch ops, cs231n style) are the readable definition;
-kernels.cpp computes the same formulas in loops that read each value once, behind a C++
-autograd Function, so that a from-scratch layer costs about what torch's built-in costs
+csrc/norms.cpp computes the same formulas in loops that read each value once, behind C++
+autograd Functions, so that a from-scratch layer costs about what torch's built-in costs
 (benchmarks/bench.py measures both side by side). The kernels are compiled on first use with
 torch.utils.cpp_extension (g++ and ninja; about a minute, once per environment and source
 version: `python -m normlib.kernels` builds them ahead, as `make setup` does) into
-<environment>/normlib-kernels/ (TORCH_EXTENSIONS_DIR elsewhere, if set); a changed kernels.cpp is
+<environment>/normlib-kernels/ (TORCH_EXTENSIONS_DIR elsewhere, if set); a changed source is
 rebuilt on its first use.
 
 Which implementation the custom layers use, per call:
@@ -21,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("kernels.cpp")
+SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("norms.cpp", "pooling.cpp"))
 BACKENDS = ("cpp", "python")
 _ext = None
 
@@ -63,7 +64,7 @@ def ext(verbose=False):
         try:
             # -fopenmp: at::parallel_for splits the loops over torch's own OpenMP threads (the libgomp
             # that torch loaded, so torch.set_num_threads applies to them too)
-            _ext = cpp_extension.load(name="normlib_kernels", sources=[str(SOURCE)],
+            _ext = cpp_extension.load(name="normlib_kernels", sources=[str(s) for s in SOURCES],
                                       extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"],
                                       extra_ldflags=["-fopenmp"], verbose=verbose, **where)
         except (OSError, RuntimeError, ImportError) as e:

@@ -24,7 +24,7 @@ POSITIONS = ("before", "after")
 
 class MaxPool2(nn.Module):
     """2 x 2 max pooling with stride 2, exactly F.max_pool2d(x, 2) (values, and gradients routed to
-    the same winner on ties and NaN). On CPU it runs normlib's C++ kernel (kernels.cpp): torch's own
+    the same winner on ties and NaN). On CPU it runs normlib's C++ kernel (csrc/pooling.cpp): torch's own
     CPU kernel for this layout takes a quarter of a CNN training step here."""
 
     def forward(self, x):

@@ -11,7 +11,7 @@ Each normalization is a pure pair, cs231n style: `*_forward` returns the output 
 `*_backward` takes the upstream gradient and that cache and returns one gradient per input.
 A `torch.autograd.Function` wraps each pair and an `nn.Module` holds the parameters, so the
 layers drop into a network like torch's. On CPU the batch-norm, layer-norm and group-norm modules
-call the same formulas as fused C++ loops (normlib/kernels.cpp, via normlib.kernels), which cost about
+call the same formulas as fused C++ loops (normlib/csrc/norms.cpp, via normlib.kernels), which cost about
 what torch's built-ins cost; the pairs here remain the definition, and run on other devices.
 All of them are checked against torch's built-ins and finite differences in normlib.check
 and tests/test_norms.py.
@@ -253,13 +253,10 @@ class BatchNorm(nn.Module):
         m = x.numel() // c  # values per channel
         if m == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-        if kernels.use_cpp(x):  # the same formulas, fused; updates the running statistics in place
-            y = kernels.ext().batch_norm_train(x, self.weight, self.bias, self.running_mean, self.running_var,
-                                               self.momentum, self.eps)
-            self.num_batches_tracked.add_(1)
-            return y
-        y, mean, var = BatchNormFn.apply(x, self.weight, self.bias, self.eps)
-        with torch.no_grad():
+        # the batch mean and biased variance (C,) come back with y, from the C++ kernel or the reference pair
+        batch_norm = kernels.ext().batch_norm if kernels.use_cpp(x) else BatchNormFn.apply
+        y, mean, var = batch_norm(x, self.weight, self.bias, self.eps)
+        with torch.no_grad():  # Alg. 2's averages as exponential moving averages, in torch's convention
             p = self.momentum
             self.running_mean.mul_(1 - p).add_(mean, alpha=p)
             self.running_var.mul_(1 - p).add_(var, alpha=p * m / (m - 1))  # unbiased variance
