@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlib import kernels
-from normlib.norms import IMPLS, NORM_KINDS, make_norm, weight_norm
+from normlib.norms import IMPLS, NORM_KINDS, NORMS, make_norm
 
 ARCHS = ("mlp", "cnn")
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -40,8 +40,8 @@ def _block(i, kind, layer, shape, norm, impl, activation, norm_position, init_sc
     """Named (layer, norm, activation) modules of hidden block i; kind is "fc" or "conv"."""
     if init_scale is not None:
         _init(layer, init_scale)
-    if norm == "weight":  # reparameterize after init, so w = g v/||v|| starts equal to the drawn weight
-        layer = weight_norm(layer, impl=impl)
+    if NORMS[norm].wrap:  # weight norm: reparameterize after init, so w = g v/||v|| starts as the drawn weight
+        layer = NORMS[norm].wrap(layer, impl)
     parts = [(f"norm{i}", make_norm(norm, shape, impl=impl)), (f"act{i}", ACTIVATIONS[activation]())]
     return [(f"{kind}{i}", layer)] + (parts if norm_position == "before" else parts[::-1])
 

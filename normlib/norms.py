@@ -1,4 +1,4 @@
-"""Normalization layers written from scratch, with hand-derived gradients.
+"""Normalization layers written from scratch, with hand-derived gradients, and their registry.
 
 - Batch norm: Ioffe & Szegedy 2015, Alg. 1 (training transform) and Alg. 2 (running
   statistics for inference; the variance is stored unbiased, momentum update as in torch).
@@ -15,10 +15,15 @@ layers drop into a network like torch's. On CPU the batch-norm, layer-norm and g
 call the same formulas as fused C++ loops (normlib/csrc/norms.cpp, via normlib.kernels), which
 cost about what torch's built-ins cost; the pairs run on other devices and with
 NORMLIB_KERNELS=python.
-All of them are checked against torch's built-ins and finite differences in normlib.check
-and tests/test_norms.py.
+
+NORMS, at the end, is the one table of the kinds: how models build each one, how the report names
+and draws it, and what normlib.check needs to check it against torch's built-in, finite
+differences and gradcheck (tests/test_norms.py runs those checks for every entry). Adding a kind
+is its entry, its pair, Function and Module, and its tests.
 """
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +32,6 @@ from torch.autograd.function import once_differentiable
 
 from normlib import kernels
 
-NORM_KINDS = ("none", "batch", "layer", "weight", "group")
 IMPLS = ("custom", "torch")
 
 
@@ -367,31 +371,77 @@ def data_dependent_init(model, x):
 
 
 # ----------------------------------------------------------------------------
-# factory used by models.py
+# the registry: one entry per kind
 
 def group_count(channels, groups=8):
     """Largest divisor of channels that is <= groups."""
     return max(d for d in range(1, min(groups, channels) + 1) if channels % d == 0)
 
 
+@dataclass(frozen=True)
+class Norm:
+    """One normalization kind. The check fields are None for "none"; see normlib.check."""
+    label: str  # how the report names it
+    colour: str  # its colour in every figure
+    # make(shape, impl, eps=, momentum=, groups=) -> the module of a block's norm slot, for activations of
+    # one example of shape (C,) or (C, H, W); None: the slot stays empty (nn.Identity)
+    make: Callable | None = None
+    wrap: Callable | None = None  # wrap(layer, impl) -> the block's Linear/Conv2d reparameterized instead
+    fused: str | None = None  # name of its fused C++ op, kernels.ext().<fused>, used on CPU; None: pair only
+    # what the implementation check needs:
+    inputs: Callable | None = None  # input shape (N, C, *S) -> {name: shape} of the pair's inputs, in order
+    args: Callable = lambda c, eps, groups: (eps,)  # (C, eps, groups) -> the further, fixed arguments
+    forward: Callable | None = None  # the reference pair: forward(*inputs, *args) -> (y, cache)
+    backward: Callable | None = None  # backward(dy, cache) -> one gradient per input
+    function: type | None = None  # function.apply(*inputs, *args) -> y, or a tuple that starts with y
+    builtin: Callable | None = None  # torch's own: builtin(*inputs, *args) -> y
+
+
+def _per_channel(shape):  # x with gamma and beta of one value per channel
+    return {"x": shape, "gamma": shape[1:2], "beta": shape[1:2]}
+
+
+NORMS = {
+    "none": Norm("no normalization", "#6e6e6e"),
+    "batch": Norm(
+        "batch norm", "#1f77b4", fused="batch_norm",
+        make=lambda shape, impl, eps, momentum, **_: (
+            BatchNorm if impl == "custom" else nn.BatchNorm1d if len(shape) == 1 else nn.BatchNorm2d)(
+            shape[0], eps=eps, momentum=momentum),
+        inputs=_per_channel, forward=batch_norm_forward, backward=batch_norm_backward, function=BatchNormFn,
+        builtin=lambda x, gamma, beta, eps: F.batch_norm(x, None, None, gamma, beta, training=True, eps=eps)),
+    "layer": Norm(
+        "layer norm", "#ff7f0e", fused="layer_norm",
+        make=lambda shape, impl, eps, **_: (LayerNorm if impl == "custom" else nn.LayerNorm)(shape, eps=eps),
+        inputs=lambda shape: {"x": shape, "gamma": shape[1:], "beta": shape[1:]},
+        forward=layer_norm_forward, backward=layer_norm_backward, function=LayerNormFn,
+        builtin=lambda x, gamma, beta, eps: F.layer_norm(x, x.shape[1:], gamma, beta, eps)),
+    "weight": Norm(
+        "weight norm", "#2ca02c", wrap=weight_norm,
+        # v: the weight of a Linear(C, C) for inputs (N, C), of a 3x3 Conv2d(C, C) for (N, C, H, W)
+        inputs=lambda shape: {"v": (shape[1], shape[1]) + (3, 3) * (len(shape) == 4), "g": shape[1:2]},
+        args=lambda c, eps, groups: (), forward=weight_norm_forward, backward=weight_norm_backward,
+        function=WeightNormFn, builtin=lambda v, g: torch._weight_norm(v, g.view([-1] + [1] * (v.dim() - 1)), 0)),
+    "group": Norm(
+        "group norm", "#9467bd", fused="group_norm",
+        make=lambda shape, impl, eps, groups, **_: (GroupNorm if impl == "custom" else nn.GroupNorm)(
+            group_count(shape[0], groups), shape[0], eps=eps),
+        inputs=_per_channel, args=lambda c, eps, groups: (group_count(c, groups), eps),
+        forward=group_norm_forward, backward=group_norm_backward, function=GroupNormFn,
+        builtin=lambda x, gamma, beta, groups, eps: F.group_norm(x, groups, gamma, beta, eps)),
+}
+NORM_KINDS = tuple(NORMS)
+
+
 def make_norm(kind, shape, impl="custom", eps=1e-5, momentum=0.1, groups=8):
     """The normalization layer for activations of one example of `shape`: (C,) after a Linear,
     (C, H, W) after a conv. 'none' and 'weight' give nn.Identity (weight norm wraps the layer instead)."""
-    if kind not in NORM_KINDS:
-        raise ValueError(f"kind = {kind!r}: allowed {', '.join(NORM_KINDS)}")
+    if kind not in NORMS:
+        raise ValueError(f"kind = {kind!r}: allowed {', '.join(NORMS)}")
     if impl not in IMPLS:
         raise ValueError(f"impl = {impl!r}: allowed {', '.join(IMPLS)}")
     shape = tuple(shape)
     if len(shape) not in (1, 3):
         raise ValueError(f"shape = {shape}: allowed (C,) or (C, H, W)")
-    c = shape[0]
-    if kind in ("none", "weight"):
-        return nn.Identity()
-    if kind == "batch":
-        if impl == "custom":
-            return BatchNorm(c, eps=eps, momentum=momentum)
-        return (nn.BatchNorm1d if len(shape) == 1 else nn.BatchNorm2d)(c, eps=eps, momentum=momentum)
-    if kind == "layer":
-        return LayerNorm(shape, eps=eps) if impl == "custom" else nn.LayerNorm(shape, eps=eps)
-    g = group_count(c, groups)
-    return GroupNorm(g, c, eps=eps) if impl == "custom" else nn.GroupNorm(g, c, eps=eps)
+    make = NORMS[kind].make
+    return nn.Identity() if make is None else make(shape, impl, eps=eps, momentum=momentum, groups=groups)

@@ -125,6 +125,9 @@ def test_check_writable(tmp_path):
         P.check_writable(blocker, "results directory")
 
 
-def test_norm_kinds_match_norms_module():
+def test_norm_kinds_are_the_registry():
     norms = pytest.importorskip("normlib.norms")
-    assert tuple(norms.NORM_KINDS) == P.NORM_KINDS
+    assert P.norm_kinds() == tuple(norms.NORMS)
+    assert P.validate({"norms": list(norms.NORMS)})["norms"] == list(norms.NORMS)
+    with pytest.raises(P.ParameterError, match=f"allowed: {', '.join(norms.NORMS)}"):
+        P.validate({"norm": "instance"})
