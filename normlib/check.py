@@ -1,7 +1,8 @@
 """Implementation checks for normlib.norms, as in the cs231n assignments: every hand-written
 backward is compared with torch's built-in layers, with centred finite differences
 (`eval_numerical_gradient_array`) and with torch.autograd.gradcheck; plus a timing of the
-custom layers against the built-ins. Used by tests/test_norms.py and the implementation-check notebook.
+custom layers against the built-ins, and the tables and numbers of the implementation-check
+notebook. Used by tests/test_norms.py and notebooks/implementation_check.ipynb.
 
 Every kind of the registry normlib.norms.NORMS with a reference pair is checked, from what its
 entry names: the pair, its autograd Function, torch's built-in and the names of its inputs.
@@ -21,11 +22,14 @@ import os
 import statistics
 import time
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torch.autograd.gradcheck import GradcheckError
 
 from normlib import kernels
+from normlib.metrics import run_metrics
 from normlib.norms import NORMS, make_norm
 
 CHECK_KINDS = tuple(kind for kind, norm in NORMS.items() if norm.forward is not None)  # all but "none"
@@ -227,3 +231,143 @@ def implementation_table(kinds=CHECK_KINDS, shapes=((4, 32), (2, 16, 5, 5)), dty
             for kind in kinds for kernel in kernels_of(kind) for shape in shapes
             for name, err in compare_to_builtin(kind, shape, dtype=dtype, seed=seed, kernel=kernel).items()]
 
+
+# ----------------------------------------------------------------------------
+# the implementation-check notebook: display-ready tables and the numbers it glues
+
+def _label(kind):
+    return NORMS[kind].label if kind in NORMS else kind
+
+
+def _format(table):
+    """Errors as 1.2e-14, an error that does not apply (a gradient the layer does not have) as ''."""
+    return table.map(lambda v: "" if isinstance(v, float) and np.isnan(v) else f"{v:.1e}" if isinstance(v, float) else v)
+
+
+def builtin_comparison(shapes, dtypes=("float64", "float32"), kinds=CHECK_KINDS, seed=0):
+    """compare_to_builtin for every kind, implementation, shape and dtype. Returns (worst, by_shape, numbers):
+    the largest errors over the shapes per layer, implementation and quantity (display-ready), every
+    shape's errors (display-ready), and the numbers the notebook glues: max_rel_error_f64/_f32,
+    max_abs_error_f64/_f32, float32_eps and f64_agreement (a phrase: below cs231n's 1e-8 or not)."""
+    errors = pd.concat([pd.DataFrame(implementation_table(kinds, shapes, dtype=getattr(torch, d), seed=seed))
+                        .assign(dtype=d) for d in dtypes], ignore_index=True)
+    errors = errors.assign(layer=errors["layer"].map(_label), kernel=errors["kernel"].map(KERNELS))
+    errors = errors.rename(columns={"kernel": "implementation"})
+    worst = errors.pivot_table(index=["layer", "implementation", "quantity"], columns="dtype", values=["abs", "rel"],
+                               aggfunc="max", sort=False)
+    worst = worst[[(v, d) for d in dtypes for v in ("abs", "rel")]]
+    worst.columns = [f"{d} max {v}" for d in dtypes for v in ("abs", "rel")]
+    by_shape = errors.pivot_table(index=["layer", "implementation", "shape", "quantity"], columns="dtype",
+                                  values=["abs", "rel"], sort=False)
+    numbers = {f"max_{v}_error_{d.replace('float', 'f')}": float(g[v].max())
+               for d, g in errors.groupby("dtype") for v in ("rel", "abs")}
+    numbers["float32_eps"] = float(torch.finfo(torch.float32).eps)
+    if "float64" in dtypes:
+        numbers["f64_agreement"] = (
+            "compute the same outputs and gradients as PyTorch's, to float64 rounding (every relative error is "
+            "below cs231n's 1e-8)" if numbers["max_rel_error_f64"] < 1e-8 else
+            "differ from PyTorch's somewhere (a relative error above cs231n's 1e-8): see the table below")
+    return _format(worst), _format(by_shape), numbers
+
+
+def gradient_checks(shapes, kinds=CHECK_KINDS):
+    """numeric_gradient_errors and gradcheck for every kind, implementation and shape. Returns (table, numbers):
+    per layer, implementation and shape the relative error of each gradient and "passed" | "FAILED"
+    (display-ready), and max_numeric_rel_error, n_gradchecks and gradcheck_all ("all passed" or which failed)."""
+    rows = [{"layer": _label(kind), "implementation": KERNELS[kernel], "shape": str(tuple(shape)),
+             **numeric_gradient_errors(kind, shape, kernel=kernel),
+             "gradcheck": "passed" if passes_gradcheck(kind, shape, kernel=kernel) else "FAILED"}
+            for kind in kinds for kernel in kernels_of(kind) for shape in shapes]
+    table = pd.DataFrame(rows).set_index(["layer", "implementation", "shape"])
+    failed = [", ".join(i[:2]) + f" {i[2]}" for i, ok in table["gradcheck"].items() if ok != "passed"]
+    numbers = {"max_numeric_rel_error": float(table.select_dtypes("number").max().max()), "n_gradchecks": len(table),
+               "gradcheck_all": "all passed" if not failed else f"{len(failed)} failed ({'; '.join(failed)})"}
+    return _format(table), numbers
+
+
+def training_comparison(histories):
+    """The custom and the built-in layers trained from one seed (0), and the built-in again from another (1):
+    the Histories of condition_configs(..., [0], impl="custom") + condition_configs(..., [0, 1], impl="torch").
+    Returns (table, diffs, numbers): per layer the final validation loss and test accuracy and the gaps
+    custom vs torch and seed 0 vs seed 1 (display-ready); the |loss difference| at every step of both
+    comparisons (a long table for loss_difference_figure; equal losses left out); and the numbers glued:
+    per kind impl_diff_loss_*, impl_diff_acc_*, seed_diff_loss_*, seed_diff_acc_*, and impl_first_step_diff_max,
+    impl_step_diff_max, impl_diff_loss_max, impl_diff_acc_max, seed_diff_loss_min, n_impl_below_seed,
+    n_train_kinds."""
+    run = {(h.config["norm"], h.config["impl"], h.config["seed"]): h for h in histories}
+    kinds = list(dict.fromkeys(h.config["norm"] for h in histories))
+    rows, diffs, numbers = [], [], {}
+    for kind in kinds:
+        custom, torch0, torch1 = run[kind, "custom", 0], run[kind, "torch", 0], run[kind, "torch", 1]
+        m = {name: run_metrics(h) for name, h in (("custom", custom), ("torch", torch0), ("torch 1", torch1))}
+        loss, acc = ({name: r[metric] for name, r in m.items()} for metric in ("final_val_loss", "test_acc"))
+        rows.append({"layer": _label(kind), "val loss, custom": loss["custom"], "val loss, torch": loss["torch"],
+                     "|custom - torch|": abs(loss["custom"] - loss["torch"]),
+                     "|seed 0 - seed 1|": abs(loss["torch"] - loss["torch 1"]),
+                     "test acc, custom": acc["custom"], "test acc, torch": acc["torch"],
+                     "|custom - torch| (points)": 100 * abs(acc["custom"] - acc["torch"]),
+                     "|seed 0 - seed 1| (points)": 100 * abs(acc["torch"] - acc["torch 1"])})
+        numbers.update({f"impl_diff_loss_{kind}": rows[-1]["|custom - torch|"],
+                        f"impl_diff_acc_{kind}": rows[-1]["|custom - torch| (points)"],
+                        f"seed_diff_loss_{kind}": rows[-1]["|seed 0 - seed 1|"],
+                        f"seed_diff_acc_{kind}": rows[-1]["|seed 0 - seed 1| (points)"]})
+        for name, (a, b) in {"custom vs torch, seed 0": (custom, torch0), "seed 0 vs seed 1, torch": (torch0, torch1)}.items():
+            d = np.abs(np.array(a.step_loss) - np.array(b.step_loss))
+            diffs.append(pd.DataFrame({"step": np.arange(1, len(d) + 1), "|loss difference|": np.where(d > 0, d, np.nan),
+                                       "norm": kind, "comparison": name}))
+    table = pd.DataFrame(rows).set_index("layer")
+    diffs = pd.concat(diffs, ignore_index=True)
+    impl = diffs.loc[diffs["comparison"] == "custom vs torch, seed 0"]
+    numbers.update({
+        "impl_first_step_diff_max": float(impl.loc[impl["step"] == 1, "|loss difference|"].fillna(0).max()),
+        "impl_step_diff_max": float(impl["|loss difference|"].fillna(0).max()),
+        "impl_diff_loss_max": float(table["|custom - torch|"].max()),
+        "impl_diff_acc_max": float(table["|custom - torch| (points)"].max()),
+        "seed_diff_loss_min": float(table["|seed 0 - seed 1|"].min()),
+        "n_impl_below_seed": int((table["|custom - torch|"] < table["|seed 0 - seed 1|"]).sum()),
+        "n_train_kinds": len(kinds)})
+    return table.round(4), diffs, numbers
+
+
+def loss_difference_figure(diffs):
+    """The |loss difference| per step of training_comparison, one panel per comparison, one log scale for both."""
+    from normlib import figures
+
+    fig = figures.curves(diffs, "|loss difference|", x="step", col="comparison", logy=True)
+    lows, highs = zip(*(ax.get_ylim() for ax in fig.axes))
+    for ax in fig.axes:
+        ax.set_ylim(min(lows), max(highs))
+    return fig
+
+
+TIMED = {"C++ kernel": ("custom", "cpp"), "reference pair": ("custom", "python"), "torch": ("torch", None)}
+
+
+def timing_comparison(shapes, repeats, threads=1, kinds=CHECK_KINDS):
+    """time_forward_backward of every kind's implementations (TIMED: the C++ kernel where there is one,
+    the reference pair, torch's) at shapes {"mlp": (N, C), "cnn": (N, C, H, W)}, on `threads` torch
+    threads. Returns (table, numbers): milliseconds and the ratios to torch, "as used" (the C++ kernel
+    where there is one, else the pair) and of the pair (display-ready), and time_ratio_{kind}_{net},
+    time_ratio_min/_max (as used), pair_ratio_min/_max, timing_repeats, timing_threads."""
+    from normlib.figures import ARCH_LABELS
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        timing = pd.DataFrame([{"layer": kind, "at": net, "impl": name,
+                                "ms": 1e3 * time_forward_backward(kind, impl, shape, repeats=repeats, kernel=kernel)}
+                               for kind in kinds for net, shape in shapes.items()
+                               for name, (impl, kernel) in TIMED.items() if kernel in (None, *kernels_of(kind))])
+    finally:
+        torch.set_num_threads(saved)
+    ms = timing.pivot_table(index=["layer", "at"], columns="impl", values="ms", sort=False)[list(TIMED)]
+    ms["as used / torch"] = ms["C++ kernel"].fillna(ms["reference pair"]) / ms["torch"]  # what the study's layers cost
+    ms["reference pair / torch"] = ms["reference pair"] / ms["torch"]
+    numbers = {f"time_ratio_{kind}_{net}": float(r["as used / torch"]) for (kind, net), r in ms.iterrows()}
+    numbers.update({"time_ratio_min": float(ms["as used / torch"].min()), "time_ratio_max": float(ms["as used / torch"].max()),
+                    "pair_ratio_min": float(ms["reference pair / torch"].min()),
+                    "pair_ratio_max": float(ms["reference pair / torch"].max()),
+                    "timing_repeats": repeats, "timing_threads": threads})
+    ms.columns = [f"{c} (ms)" for c in TIMED] + ["as used / torch", "reference pair / torch"]
+    table = ms.rename(index={k: _label(k) for k in kinds}, level="layer").rename(index=ARCH_LABELS, level="at")
+    return table.round(3), numbers
