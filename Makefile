@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PY) -m ipykernel install --sys-prefix --name normlab --display-name "normlab (.venv)" > /dev/null
 	touch $@
 
-# The fused C++ kernels of the from-scratch layers (normlib/kernels.cpp): compiled once (about a
+# The fused C++ kernels of the from-scratch layers (normlib/csrc/*.cpp): compiled once (about a
 # minute), then only loaded; a changed source is rebuilt.
 kernels: setup
 	@$(PY) -m normlib.kernels

@@ -11,11 +11,11 @@ import seaborn as sns
 from scipy import stats
 
 from normlib.metrics import mean_ci, metric_bounds
+from normlib.norms import NORMS
 
-NORM_COLORS = {"none": "#6e6e6e", "batch": "#1f77b4", "layer": "#ff7f0e", "weight": "#2ca02c",
-               "group": "#9467bd", "batch+layer": "#d62728"}
-NORM_LABELS = {"none": "no normalization", "batch": "batch norm", "layer": "layer norm",
-               "weight": "weight norm", "group": "group norm", "batch+layer": "batch + layer norm"}
+# colour and name of every normalization kind (from the registry), and of model variants that are not kinds
+NORM_COLORS = {**{kind: n.colour for kind, n in NORMS.items()}, "batch+layer": "#d62728"}
+NORM_LABELS = {**{kind: n.label for kind, n in NORMS.items()}, "batch+layer": "batch + layer norm"}
 ARCH_LABELS = {"mlp": "MLP (3 x 256)", "cnn": "CNN (2 conv + FC)"}
 METRIC_LABELS = {
     "train_loss": "training loss (cross-entropy)", "val_loss": "validation loss (cross-entropy)",

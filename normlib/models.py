@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normlib import kernels
-from normlib.norms import IMPLS, NORM_KINDS, make_norm, weight_norm
+from normlib.norms import IMPLS, NORM_KINDS, NORMS, make_norm
 
 ARCHS = ("mlp", "cnn")
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
@@ -26,7 +26,7 @@ POSITIONS = ("before", "after")
 
 class MaxPool2(nn.Module):
     """2 x 2 max pooling with stride 2, exactly F.max_pool2d(x, 2) (values, and gradients routed to
-    the same winner on ties and NaN). On CPU it runs normlib's C++ kernel (kernels.cpp): torch's own
+    the same winner on ties and NaN). On CPU it runs normlib's C++ kernel (csrc/pooling.cpp): torch's own
     CPU kernel for this layout takes a quarter of a CNN training step here."""
 
     def forward(self, x):
@@ -42,8 +42,8 @@ def _block(i, kind, layer, shape, norm, impl, activation, norm_position, init_sc
     """Named (layer, norm, activation) modules of hidden block i; kind is "fc" or "conv"."""
     if init_scale is not None:
         _init(layer, init_scale)
-    if norm == "weight":  # reparameterize after init, so w = g v/||v|| starts equal to the drawn weight
-        layer = weight_norm(layer, impl=impl)
+    if NORMS[norm].wrap:  # weight norm: reparameterize after init, so w = g v/||v|| starts as the drawn weight
+        layer = NORMS[norm].wrap(layer, impl)
     parts = [(f"norm{i}", make_norm(norm, shape, impl=impl)), (f"act{i}", ACTIVATIONS[activation]())]
     return [(f"{kind}{i}", layer)] + (parts if norm_position == "before" else parts[::-1])
 

@@ -1,4 +1,4 @@
-"""Normalization layers written from scratch, with hand-derived gradients.
+"""Normalization layers written from scratch, with hand-derived gradients, and their registry.
 
 - Batch norm: Ioffe & Szegedy 2015, Alg. 1 (training transform) and Alg. 2 (running
   statistics for inference; the variance is stored unbiased, momentum update as in torch).
@@ -9,13 +9,22 @@
 
 Each normalization is a pure pair, cs231n style: `*_forward` returns the output and a cache,
 `*_backward` takes the upstream gradient and that cache and returns one gradient per input.
-A `torch.autograd.Function` wraps each pair and an `nn.Module` holds the parameters, so the
+The pairs are the definition, written as the formulas read, not for speed. A
+`torch.autograd.Function` wraps each pair and an `nn.Module` holds the parameters, so the
 layers drop into a network like torch's. On CPU the batch-norm, layer-norm and group-norm modules
-call the same formulas as fused C++ loops (normlib/kernels.cpp, via normlib.kernels), which cost about
-what torch's built-ins cost; the pairs here remain the definition, and run on other devices.
-All of them are checked against torch's built-ins and finite differences in normlib.check
-and tests/test_norms.py.
+call the same formulas as fused C++ loops (normlib/csrc/norms.cpp, via normlib.kernels), which
+cost about what torch's built-ins cost; the pairs run on other devices and with
+NORMLIB_KERNELS=python.
+
+NORMS, at the end, is the one table of the kinds: how models build each one, how the report names
+and draws it, and what normlib.check needs to check it against torch's built-in, finite
+differences and gradcheck (tests/test_norms.py runs those checks for every entry). Adding a kind
+is its entry, its pair, Function and Module, and its tests.
 """
+import math
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,138 +32,109 @@ from torch.autograd.function import once_differentiable
 
 from normlib import kernels
 
-NORM_KINDS = ("none", "batch", "layer", "weight", "group")
 IMPLS = ("custom", "torch")
 
 
 # ----------------------------------------------------------------------------
-# batch norm (Ioffe & Szegedy 2015, Alg. 1)
-# Speed notes (CPU): torch.var_mean is several times slower than a mean plus a norm of the centred
-# values, and every full-size temporary costs a pass over memory (and page faults), so the backward
-# reuses one buffer for dy*x_hat and dx, and updates it in place.
+# the reference pairs: the formulas of book/architecture.md, line by line. Shape comments are for a
+# conv activation (N, C, H, W); after a Linear it is (N, C) and the trailing 1s go.
 
 def batch_norm_forward(x, gamma, beta, eps):
-    """x: (N, C) or (N, C, H, W); gamma, beta: (C,). Normalizes over every axis but C.
-    Returns y (like x) and cache = (x_c, gamma, inv_std, mean, var) with x_c = x - mean, so that
-    x_hat = x_c * inv_std; the backward uses the first three, mean and var (biased, (C,)) feed
-    the running statistics of BatchNorm."""
-    n, c = x.shape[:2]
-    x3 = x.reshape(n, c, -1)  # (N, C, L), L = H*W or 1
-    m = x3.shape[0] * x3.shape[2]  # values per channel
-    mean = x3.mean((0, 2), keepdim=True)  # (1, C, 1)
-    x_c = x3 - mean  # (N, C, L)
-    var = torch.linalg.vector_norm(x_c, dim=2).square_().sum(0).div_(m)  # (C,) biased
-    inv_std = torch.rsqrt(var + eps).view(1, c, 1)  # (1, C, 1)
-    y = torch.addcmul(beta.view(1, c, 1), x_c, gamma.view(1, c, 1) * inv_std)  # (N, C, L) = gamma*x_hat + beta
-    return y.view(x.shape), (x_c, gamma, inv_std, mean.view(c), var)
+    """x: (N, C) or (N, C, H, W); gamma, beta: (C,). Alg. 1: each channel is normalized over the
+    batch (and the positions). Returns y (like x) and cache = (x_hat, inv_std, gamma, mean, var): the
+    backward uses the first three, BatchNorm's running statistics the batch mean and biased variance (C,)."""
+    dims = [0] + list(range(2, x.dim()))  # every axis but C: the M = N*H*W values of a channel
+    shape = [1, -1] + [1] * (x.dim() - 2)  # (C,) -> (1, C, 1, 1), to broadcast over x
+    mean = x.mean(dims, keepdim=True)  # (1, C, 1, 1)
+    var = ((x - mean) ** 2).mean(dims, keepdim=True)  # (1, C, 1, 1), biased
+    inv_std = 1 / torch.sqrt(var + eps)  # (1, C, 1, 1)
+    x_hat = (x - mean) * inv_std  # (N, C, H, W)
+    y = gamma.view(shape) * x_hat + beta.view(shape)  # (N, C, H, W)
+    return y, (x_hat, inv_std, gamma, mean.flatten(), var.flatten())
 
 
 def batch_norm_backward(dy, cache):
     """dy: like x. Returns dx (like dy), dgamma (C,), dbeta (C,)."""
-    x_c, gamma, inv_std = cache[:3]  # (N, C, L), (C,), (1, C, 1)
-    n, c, l = x_c.shape
-    dy3 = dy.reshape(n, c, l)
-    dbeta = dy3.sum((0, 2))  # (C,)
-    dx = dy3 * x_c  # (N, C, L), a scratch buffer that becomes dx
-    dgamma = dx.sum((0, 2)).mul_(inv_std.view(c))  # (C,) = sum(dy * x_hat)
-    # With sum(dx_hat) = gamma*dbeta and sum(dx_hat*x_hat) = gamma*dgamma the compact formula
-    # dx = inv_std/M (M dx_hat - sum(dx_hat) - x_hat sum(dx_hat x_hat)), dx_hat = gamma*dy, becomes
-    # dx = a*dy - a/M*dbeta - a/M*dgamma*x_hat with a = gamma*inv_std, one number per channel.
-    a = gamma.view(1, c, 1) * inv_std  # (1, C, 1)
-    a_m = a / (n * l)  # (1, C, 1)
-    shift = (dbeta.view(1, c, 1) * a_m).neg_()  # (1, C, 1)
-    torch.addcmul(shift, x_c, dgamma.view(1, c, 1) * a_m * inv_std, value=-1, out=dx)  # x_hat = x_c * inv_std
-    dx.addcmul_(dy3, a)  # two passes over dx in all
-    return dx.view(dy.shape), dgamma, dbeta
-
-
-# ----------------------------------------------------------------------------
-# layer norm (Ba et al. 2016) and group norm (Wu & He 2018): standardize the rows of a 2-D view
-
-def _standardize(x2, eps):
-    """x2: (R, K). Returns x_hat (R, K) with zero mean and unit (biased) variance per row, inv_std (R, 1)."""
-    x_hat = x2 - x2.mean(1, keepdim=True)  # (R, K), centred, normalized in place below
-    var = torch.linalg.vector_norm(x_hat, dim=1, keepdim=True).square_().div_(x2.shape[1])  # (R, 1)
-    inv_std = torch.rsqrt(var.add_(eps))  # (R, 1)
-    return x_hat.mul_(inv_std), inv_std
-
-
-def _standardize_backward(dx, x_hat, inv_std, s1, s2):
-    """Overwrites dx (R, K), holding dx_hat, with the gradient through x_hat = (x - mean)*inv_std:
-    dx = inv_std/K (K dx_hat - s1 - x_hat s2), s1 = sum(dx_hat), s2 = sum(dx_hat x_hat) per row (R, 1)."""
-    k = x_hat.shape[1]
-    dx.addcmul_(x_hat, s2 / k, value=-1)
-    return torch.addcmul(s1.mul_(inv_std / -k), dx, inv_std, out=dx)  # two passes over dx in all
+    x_hat, inv_std, gamma = cache[:3]  # (N, C, H, W), (1, C, 1, 1), (C,)
+    dims = [0] + list(range(2, dy.dim()))  # every axis but C
+    m = dy.numel() // dy.shape[1]  # M values per channel
+    dgamma = (dy * x_hat).sum(dims)  # (C,)
+    dbeta = dy.sum(dims)  # (C,)
+    dx_hat = dy * gamma.view(inv_std.shape)  # (N, C, H, W)
+    dx = inv_std / m * (m * dx_hat - dx_hat.sum(dims, keepdim=True)
+                        - x_hat * (dx_hat * x_hat).sum(dims, keepdim=True))  # (N, C, H, W)
+    return dx, dgamma, dbeta
 
 
 def layer_norm_forward(x, gamma, beta, eps):
-    """x: (N, *F); gamma, beta: F. Normalizes each example over all its axes but the first.
+    """x: (N, *F); gamma, beta: F. Eq. 4: each example is normalized over its K = prod(F) features.
     Returns y (N, *F) and cache = (x_hat, inv_std, gamma)."""
-    x_hat, inv_std = _standardize(x.reshape(x.shape[0], -1), eps)  # (N, K), (N, 1)
-    x_hat = x_hat.view(x.shape)
-    return torch.addcmul(beta, x_hat, gamma), (x_hat, inv_std, gamma)
+    dims = list(range(1, x.dim()))  # every axis but N
+    mean = x.mean(dims, keepdim=True)  # (N, 1, 1, 1)
+    var = ((x - mean) ** 2).mean(dims, keepdim=True)  # (N, 1, 1, 1), biased
+    inv_std = 1 / torch.sqrt(var + eps)  # (N, 1, 1, 1)
+    x_hat = (x - mean) * inv_std  # (N, C, H, W)
+    y = gamma * x_hat + beta  # (N, C, H, W); gamma, beta: (C, H, W)
+    return y, (x_hat, inv_std, gamma)
 
 
 def layer_norm_backward(dy, cache):
     """dy: (N, *F). Returns dx (N, *F), dgamma F, dbeta F."""
-    x_hat, inv_std, gamma = cache  # (N, *F), (N, 1), F
-    n = dy.shape[0]
-    dy2, x_hat2, g = dy.reshape(n, -1), x_hat.view(n, -1), gamma.reshape(-1)  # (N, K), (N, K), (K,)
-    ones = dy.new_ones(n)  # column sums as matrix-vector products: much faster than .sum(0) on CPU
-    dx = dy2 * x_hat2  # (N, K), a scratch buffer that becomes dx
-    dgamma, dbeta = ones @ dx, ones @ dy2  # (K,)
-    # dx_hat = gamma*dy, so its row sums are matrix-vector products with gamma too
-    s1 = (dy2 @ g).unsqueeze(1)  # (N, 1) sum(dx_hat)
-    s2 = (dx @ g).unsqueeze(1)  # (N, 1) sum(dx_hat*x_hat)
-    _standardize_backward(torch.mul(dy2, g, out=dx), x_hat2, inv_std, s1, s2)
-    return dx.view(dy.shape), dgamma.view(gamma.shape), dbeta.view(gamma.shape)
+    x_hat, inv_std, gamma = cache  # (N, C, H, W), (N, 1, 1, 1), (C, H, W)
+    dims = list(range(1, dy.dim()))  # every axis but N
+    k = math.prod(dy.shape[1:])  # K features per example
+    dgamma = (dy * x_hat).sum(0)  # (C, H, W)
+    dbeta = dy.sum(0)  # (C, H, W)
+    dx_hat = dy * gamma  # (N, C, H, W)
+    dx = inv_std / k * (k * dx_hat - dx_hat.sum(dims, keepdim=True)
+                        - x_hat * (dx_hat * x_hat).sum(dims, keepdim=True))  # (N, C, H, W)
+    return dx, dgamma, dbeta
 
 
 def group_norm_forward(x, gamma, beta, num_groups, eps):
-    """x: (N, C, *S); gamma, beta: (C,). Normalizes over (C/G, *S) within each of the G channel groups.
-    Returns y (like x) and cache = (x_hat, inv_std, gamma, num_groups)."""
+    """x: (N, C, *S); gamma, beta: (C,). Eq. 1-3: layer norm within each of the G groups of C/G
+    channels, then a per-channel affine map. Returns y (like x) and cache = (x_hat, inv_std, gamma, num_groups)."""
     n, c = x.shape[:2]
-    x_hat, inv_std = _standardize(x.reshape(n * num_groups, -1), eps)  # (N*G, C/G*L), (N*G, 1)
-    x_hat = x_hat.view(n, c, -1)  # (N, C, L)
-    y = torch.addcmul(beta.view(1, c, 1), x_hat, gamma.view(1, c, 1))  # (N, C, L)
-    return y.view(x.shape), (x_hat, inv_std, gamma, num_groups)
+    shape = [1, c] + [1] * (x.dim() - 2)  # (C,) -> (1, C, 1, 1), to broadcast over x
+    x_g = x.reshape(n, num_groups, -1)  # (N, G, K): one row per example and group, K = C/G*H*W
+    mean = x_g.mean(2, keepdim=True)  # (N, G, 1)
+    var = ((x_g - mean) ** 2).mean(2, keepdim=True)  # (N, G, 1), biased
+    inv_std = 1 / torch.sqrt(var + eps)  # (N, G, 1)
+    x_hat = ((x_g - mean) * inv_std).view(x.shape)  # (N, C, H, W)
+    y = gamma.view(shape) * x_hat + beta.view(shape)  # (N, C, H, W)
+    return y, (x_hat, inv_std, gamma, num_groups)
 
 
 def group_norm_backward(dy, cache):
     """dy: (N, C, *S). Returns dx (like dy), dgamma (C,), dbeta (C,)."""
-    x_hat, inv_std, gamma, num_groups = cache  # (N, C, L), (N*G, 1), (C,)
-    n, c, l = x_hat.shape
-    dy3 = dy.reshape(n, c, l)
-    dx = dy3 * x_hat  # (N, C, L), a scratch buffer that becomes dx
-    dgamma = dx.sum((0, 2))  # (C,)
-    dbeta = dy3.sum((0, 2))  # (C,)
-    # per-group sums of dx_hat = gamma*dy and of dx_hat*x_hat, from per-(n, c) sums
-    s1 = (dy3.sum(2) * gamma).view(n * num_groups, -1).sum(1, keepdim=True)  # (N*G, 1)
-    s2 = (dx.sum(2) * gamma).view(n * num_groups, -1).sum(1, keepdim=True)  # (N*G, 1)
-    torch.mul(dy3, gamma.view(1, c, 1), out=dx)
-    _standardize_backward(dx.view(n * num_groups, -1), x_hat.view(n * num_groups, -1), inv_std, s1, s2)
+    x_hat, inv_std, gamma, num_groups = cache  # (N, C, H, W), (N, G, 1), (C,)
+    n, c = dy.shape[:2]
+    dims = [0] + list(range(2, dy.dim()))  # every axis but C
+    dgamma = (dy * x_hat).sum(dims)  # (C,)
+    dbeta = dy.sum(dims)  # (C,)
+    dx_hat = (dy * gamma.view([1, c] + [1] * (dy.dim() - 2))).reshape(n, num_groups, -1)  # (N, G, K)
+    x_hat = x_hat.reshape(n, num_groups, -1)  # (N, G, K)
+    k = x_hat.shape[2]  # values per example and group
+    dx = inv_std / k * (k * dx_hat - dx_hat.sum(2, keepdim=True)
+                        - x_hat * (dx_hat * x_hat).sum(2, keepdim=True))  # (N, G, K)
     return dx.view(dy.shape), dgamma, dbeta
 
 
-# ----------------------------------------------------------------------------
-# weight norm (Salimans & Kingma 2016, eq. 2-3)
-
 def weight_norm_forward(v, g):
-    """v: (out, *in); g: (out,). w = g * v/||v|| with the norm over all dims but 0.
-    Returns w (out, *in) and cache = (v, g, inv_norm)."""
-    inv_norm = torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1).reciprocal_()  # (out,)
-    bshape = (-1,) + (1,) * (v.dim() - 1)
-    return v * (g * inv_norm).view(bshape), (v, g, inv_norm)
+    """v: (out, *in); g: (out,). Eq. 2: w = g v/||v||, the norm per output unit (over all axes but 0).
+    Returns w (out, *in) and cache = (v, g, norm)."""
+    shape = [-1] + [1] * (v.dim() - 1)  # (out,) -> (out, 1, 1, 1), to broadcast over v
+    norm = torch.linalg.vector_norm(v.flatten(1), dim=1)  # (out,) ||v||
+    w = (g / norm).view(shape) * v  # (out, in, kh, kw)
+    return w, (v, g, norm)
 
 
 def weight_norm_backward(dw, cache):
-    """dw: (out, *in). Eq. 3: dg = dw.v/||v||, dv = g/||v|| dw - g dg/||v||^2 v. Returns dv, dg (out,)."""
-    v, g, inv_norm = cache
-    out = v.shape[0]
-    bshape = (-1,) + (1,) * (v.dim() - 1)
-    dg = torch.linalg.vecdot(dw.reshape(out, -1), v.reshape(out, -1)) * inv_norm  # (out,)
-    scale = g * inv_norm  # (out,)
-    dv = (dw * scale.view(bshape)).addcmul_(v, (scale * dg * inv_norm).view(bshape), value=-1)
+    """dw: (out, *in). Eq. 3: dg = dw.v/||v||, dv = g/||v|| dw - g dg/||v||^2 v. Returns dv (out, *in), dg (out,)."""
+    v, g, norm = cache  # (out, in, kh, kw), (out,), (out,)
+    shape = [-1] + [1] * (v.dim() - 1)
+    dg = (dw * v).flatten(1).sum(1) / norm  # (out,)
+    dv = (g / norm).view(shape) * dw - (g * dg / norm ** 2).view(shape) * v  # (out, in, kh, kw)
     return dv, dg
 
 
@@ -167,8 +147,8 @@ class BatchNormFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps):
-        y, (x_c, gamma, inv_std, mean, var) = batch_norm_forward(x, gamma, beta, eps)
-        ctx.save_for_backward(x_c, gamma, inv_std)
+        y, (x_hat, inv_std, gamma, mean, var) = batch_norm_forward(x, gamma, beta, eps)
+        ctx.save_for_backward(x_hat, inv_std, gamma)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
@@ -249,17 +229,14 @@ class BatchNorm(nn.Module):
         if not self.training:  # Alg. 2: a fixed affine map from the running statistics
             scale = self.weight * torch.rsqrt(self.running_var + self.eps)  # (C,)
             shift = self.bias - self.running_mean * scale  # (C,)
-            return torch.addcmul(shift.view(bshape), x, scale.view(bshape))
+            return scale.view(bshape) * x + shift.view(bshape)
         m = x.numel() // c  # values per channel
         if m == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-        if kernels.use_cpp(x):  # the same formulas, fused; updates the running statistics in place
-            y = kernels.ext().batch_norm_train(x, self.weight, self.bias, self.running_mean, self.running_var,
-                                               self.momentum, self.eps)
-            self.num_batches_tracked.add_(1)
-            return y
-        y, mean, var = BatchNormFn.apply(x, self.weight, self.bias, self.eps)
-        with torch.no_grad():
+        # the batch mean and biased variance (C,) come back with y, from the C++ kernel or the reference pair
+        batch_norm = kernels.ext().batch_norm if kernels.use_cpp(x) else BatchNormFn.apply
+        y, mean, var = batch_norm(x, self.weight, self.bias, self.eps)
+        with torch.no_grad():  # Alg. 2's averages as exponential moving averages, in torch's convention
             p = self.momentum
             self.running_mean.mul_(1 - p).add_(mean, alpha=p)
             self.running_var.mul_(1 - p).add_(var, alpha=p * m / (m - 1))  # unbiased variance
@@ -394,31 +371,77 @@ def data_dependent_init(model, x):
 
 
 # ----------------------------------------------------------------------------
-# factory used by models.py
+# the registry: one entry per kind
 
 def group_count(channels, groups=8):
     """Largest divisor of channels that is <= groups."""
     return max(d for d in range(1, min(groups, channels) + 1) if channels % d == 0)
 
 
+@dataclass(frozen=True)
+class Norm:
+    """One normalization kind. The check fields are None for "none"; see normlib.check."""
+    label: str  # how the report names it
+    colour: str  # its colour in every figure
+    # make(shape, impl, eps=, momentum=, groups=) -> the module of a block's norm slot, for activations of
+    # one example of shape (C,) or (C, H, W); None: the slot stays empty (nn.Identity)
+    make: Callable | None = None
+    wrap: Callable | None = None  # wrap(layer, impl) -> the block's Linear/Conv2d reparameterized instead
+    fused: str | None = None  # name of its fused C++ op, kernels.ext().<fused>, used on CPU; None: pair only
+    # what the implementation check needs:
+    inputs: Callable | None = None  # input shape (N, C, *S) -> {name: shape} of the pair's inputs, in order
+    args: Callable = lambda c, eps, groups: (eps,)  # (C, eps, groups) -> the further, fixed arguments
+    forward: Callable | None = None  # the reference pair: forward(*inputs, *args) -> (y, cache)
+    backward: Callable | None = None  # backward(dy, cache) -> one gradient per input
+    function: type | None = None  # function.apply(*inputs, *args) -> y, or a tuple that starts with y
+    builtin: Callable | None = None  # torch's own: builtin(*inputs, *args) -> y
+
+
+def _per_channel(shape):  # x with gamma and beta of one value per channel
+    return {"x": shape, "gamma": shape[1:2], "beta": shape[1:2]}
+
+
+NORMS = {
+    "none": Norm("no normalization", "#6e6e6e"),
+    "batch": Norm(
+        "batch norm", "#1f77b4", fused="batch_norm",
+        make=lambda shape, impl, eps, momentum, **_: (
+            BatchNorm if impl == "custom" else nn.BatchNorm1d if len(shape) == 1 else nn.BatchNorm2d)(
+            shape[0], eps=eps, momentum=momentum),
+        inputs=_per_channel, forward=batch_norm_forward, backward=batch_norm_backward, function=BatchNormFn,
+        builtin=lambda x, gamma, beta, eps: F.batch_norm(x, None, None, gamma, beta, training=True, eps=eps)),
+    "layer": Norm(
+        "layer norm", "#ff7f0e", fused="layer_norm",
+        make=lambda shape, impl, eps, **_: (LayerNorm if impl == "custom" else nn.LayerNorm)(shape, eps=eps),
+        inputs=lambda shape: {"x": shape, "gamma": shape[1:], "beta": shape[1:]},
+        forward=layer_norm_forward, backward=layer_norm_backward, function=LayerNormFn,
+        builtin=lambda x, gamma, beta, eps: F.layer_norm(x, x.shape[1:], gamma, beta, eps)),
+    "weight": Norm(
+        "weight norm", "#2ca02c", wrap=weight_norm,
+        # v: the weight of a Linear(C, C) for inputs (N, C), of a 3x3 Conv2d(C, C) for (N, C, H, W)
+        inputs=lambda shape: {"v": (shape[1], shape[1]) + (3, 3) * (len(shape) == 4), "g": shape[1:2]},
+        args=lambda c, eps, groups: (), forward=weight_norm_forward, backward=weight_norm_backward,
+        function=WeightNormFn, builtin=lambda v, g: torch._weight_norm(v, g.view([-1] + [1] * (v.dim() - 1)), 0)),
+    "group": Norm(
+        "group norm", "#9467bd", fused="group_norm",
+        make=lambda shape, impl, eps, groups, **_: (GroupNorm if impl == "custom" else nn.GroupNorm)(
+            group_count(shape[0], groups), shape[0], eps=eps),
+        inputs=_per_channel, args=lambda c, eps, groups: (group_count(c, groups), eps),
+        forward=group_norm_forward, backward=group_norm_backward, function=GroupNormFn,
+        builtin=lambda x, gamma, beta, groups, eps: F.group_norm(x, groups, gamma, beta, eps)),
+}
+NORM_KINDS = tuple(NORMS)
+
+
 def make_norm(kind, shape, impl="custom", eps=1e-5, momentum=0.1, groups=8):
     """The normalization layer for activations of one example of `shape`: (C,) after a Linear,
     (C, H, W) after a conv. 'none' and 'weight' give nn.Identity (weight norm wraps the layer instead)."""
-    if kind not in NORM_KINDS:
-        raise ValueError(f"kind = {kind!r}: allowed {', '.join(NORM_KINDS)}")
+    if kind not in NORMS:
+        raise ValueError(f"kind = {kind!r}: allowed {', '.join(NORMS)}")
     if impl not in IMPLS:
         raise ValueError(f"impl = {impl!r}: allowed {', '.join(IMPLS)}")
     shape = tuple(shape)
     if len(shape) not in (1, 3):
         raise ValueError(f"shape = {shape}: allowed (C,) or (C, H, W)")
-    c = shape[0]
-    if kind in ("none", "weight"):
-        return nn.Identity()
-    if kind == "batch":
-        if impl == "custom":
-            return BatchNorm(c, eps=eps, momentum=momentum)
-        return (nn.BatchNorm1d if len(shape) == 1 else nn.BatchNorm2d)(c, eps=eps, momentum=momentum)
-    if kind == "layer":
-        return LayerNorm(shape, eps=eps) if impl == "custom" else nn.LayerNorm(shape, eps=eps)
-    g = group_count(c, groups)
-    return GroupNorm(g, c, eps=eps) if impl == "custom" else nn.GroupNorm(g, c, eps=eps)
+    make = NORMS[kind].make
+    return nn.Identity() if make is None else make(shape, impl, eps=eps, momentum=momentum, groups=groups)

@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 ARCHS = ("mlp", "cnn")
-NORM_KINDS = ("none", "batch", "layer", "weight", "group")  # = normlib.norms.NORM_KINDS
 OPTIMIZERS = ("sgd", "adam")
 IMPLS = ("custom", "torch")
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
@@ -85,6 +84,20 @@ def subset(allowed, what):
     return check
 
 
+def norm_kinds():
+    """The kinds of the registry normlib.norms.NORMS (imported on first use: params stays free of torch)."""
+    from normlib.norms import NORM_KINDS
+    return NORM_KINDS
+
+
+def norm_kind(v):
+    return choice(norm_kinds(), "norm")(v)
+
+
+def norm_kind_list(v):
+    return subset(norm_kinds(), "norm")(v)
+
+
 def list_of(item, what):
     """A non-empty list of distinct values, each passing `item`."""
     def check(v):
@@ -127,8 +140,8 @@ def momentum(v):
 RULES = {
     "archs": subset(ARCHS, "arch"),
     "arch": choice(ARCHS, "arch"),
-    "norms": subset(NORM_KINDS, "norm"),
-    "norm": choice(NORM_KINDS, "norm"),
+    "norms": norm_kind_list,
+    "norm": norm_kind,
     "seeds": list_of(nonneg_int, "non-negative integers"),
     "split_seed": nonneg_int,
     "train_size": train_size,

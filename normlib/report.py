@@ -29,6 +29,12 @@ def glue_value(key, value):
     glue(key, value, display=False)
 
 
+def glue_values(values):
+    """glue_value for every {key: value} of a dict."""
+    for key, value in values.items():
+        glue_value(key, value)
+
+
 def winner_label(winner):
     return "tie (difference not established)" if winner == "tie" else NORM_LABELS.get(winner, winner)
 

@@ -9,9 +9,9 @@ from torch.nn.utils import parametrize
 import torch.nn.functional as F
 
 from normlib.models import MaxPool2, build_model
-from normlib.norms import BatchNorm, LayerNorm, WeightNormConv2d, WeightNormLinear
+from normlib.norms import NORM_KINDS, BatchNorm, LayerNorm, WeightNormConv2d, WeightNormLinear
 
-NORMS = ("none", "batch", "layer", "weight", "group")
+NORMS = NORM_KINDS  # every kind of the registry
 
 
 def x_batch(n=8, seed=0):
@@ -108,7 +108,7 @@ def test_weight_norm_wraps_hidden_layers(arch):
     assert not parametrize.is_parametrized(torch_wn.out)
 
 
-@pytest.mark.parametrize("norm", ["batch", "layer", "weight"])
+@pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_custom_and_torch_compute_the_same_function_at_init(arch, norm):
     torch.manual_seed(0)

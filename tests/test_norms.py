@@ -9,24 +9,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.gradcheck import GradcheckError
 
-from normlib import kernels, trials
-from normlib.check import (compare_to_builtin, gradcheck, kernels_of, max_abs, numeric_gradient_errors,
+from normlib import check, kernels, trials
+from normlib.check import (CHECK_KINDS, compare_to_builtin, gradcheck, kernels_of, max_abs, numeric_gradient_errors,
                            rel_error)
-from normlib.norms import (BatchNorm, BatchNormFn, GroupNorm, GroupNormFn, LayerNorm, LayerNormFn, WeightNormConv2d,
-                           WeightNormFn, WeightNormLinear, data_dependent_init, group_count, make_norm,
-                           weight_norm)
+from normlib.norms import (NORMS, BatchNorm, GroupNorm, LayerNorm, WeightNormConv2d, WeightNormFn, WeightNormLinear,
+                           data_dependent_init, group_count, make_norm, weight_norm)
 
 f64 = torch.float64
+FUSED = [kind for kind, norm in NORMS.items() if norm.fused]  # the kinds with a C++ kernel too
+MODULES = [kind for kind, norm in NORMS.items() if norm.make]  # the kinds that fill the norm slot
 
-# Input shapes per kind, 2-D and 4-D, each with a batch of 2. Every normalized set holds more than
-# two values: with exactly two, x_hat = +-1 whatever x is, dx is ~0 and its elementwise relative
-# error measures only rounding (this is why batch norm gets no (2, C) case).
-CASES = [("batch", (16, 12)), ("batch", (2, 12, 5, 5)), ("batch", (6, 8, 3, 4)),
-         ("layer", (2, 32)), ("layer", (7, 12)), ("layer", (2, 12, 5, 5)),
-         ("group", (2, 32)), ("group", (3, 12, 5, 5)), ("group", (2, 16, 4, 4)),
-         ("weight", (2, 32)), ("weight", (5, 12)), ("weight", (2, 8, 5, 5))]
-SMALL_CASES = [("batch", (5, 6)), ("batch", (3, 4, 2, 3)), ("layer", (2, 12)), ("layer", (3, 4, 2, 3)),
-               ("group", (2, 32)), ("group", (2, 8, 3, 3)), ("weight", (4, 6)), ("weight", (2, 3, 4, 4))]
+# Input shapes for every kind of the registry, 2-D and 4-D. Every normalized set holds more than two
+# values (group norm: 8 groups of 3 for C = 24 or 32, 6 groups of 2 channels for C = 12): with exactly
+# two, x_hat = +-1 whatever x is, dx is ~0 and its elementwise relative error measures only rounding
+# (this is why no 2-D shape has a batch of 2).
+SHAPES = [(16, 32), (5, 24), (2, 12, 5, 5), (6, 8, 3, 4), (3, 16, 4, 4)]
+SMALL_SHAPES = [(4, 24), (3, 4, 2, 3)]  # finite differences perturb one entry at a time
+CASES = [(kind, shape) for kind in CHECK_KINDS for shape in SHAPES]
+SMALL_CASES = [(kind, shape) for kind in CHECK_KINDS for shape in SMALL_SHAPES]
 
 
 def randn(*shape, seed=0):
@@ -53,8 +53,7 @@ def with_kernels(cases):
 @pytest.mark.parametrize("kind, kernel, shape", with_kernels(CASES))
 def test_matches_builtin(kind, kernel, shape, seed):
     errors = compare_to_builtin(kind, shape, seed=seed, kernel=kernel)
-    grads = {"dx", "dgamma", "dbeta"} if kind != "weight" else {"dx", "dv", "dg"}
-    assert set(errors) == {"out"} | grads
+    assert set(errors) == {"out"} | {"d" + name for name in NORMS[kind].inputs(shape)}
     worst = {name: e["rel"] for name, e in errors.items()}
     assert max(worst.values()) <= 1e-10, worst  # typically ~1e-14
 
@@ -98,28 +97,11 @@ def test_gradcheck_can_fail():
 # the C++ kernels against the reference pairs they implement
 
 @pytest.mark.parametrize("shape", [(16, 12), (6, 8, 3, 4), (3, 5, 7, 7)])
-def test_kernels_match_reference_pairs(shape):
+@pytest.mark.parametrize("kind", FUSED)
+def test_kernels_match_reference_pairs(kind, shape):
     """Outputs and gradients of the C++ kernels and the PyTorch-op pairs, float64."""
-    x, dy = 5 * randn(*shape) + 12, randn(*shape, seed=1)
-    c = shape[1]
-    per_channel = (randn(c, seed=2), randn(c, seed=3))
-    gb = {"batch": per_channel, "group": per_channel, "layer": (randn(*shape[1:], seed=2), randn(*shape[1:], seed=3))}
-    groups = group_count(c, 4)
-    for kind in ("batch", "layer", "group"):
-        results = {}
-        for name in ("cpp", "python"):
-            t = [v.clone().requires_grad_() for v in (x, *gb[kind])]
-            running = (torch.zeros(c, dtype=f64), torch.ones(c, dtype=f64))
-            ext = kernels.ext()
-            y = {("cpp", "batch"): lambda: ext.batch_norm_train(*t, *running, 0.1, 1e-5),
-                 ("cpp", "layer"): lambda: ext.layer_norm(*t, 1e-5),
-                 ("cpp", "group"): lambda: ext.group_norm(*t, groups, 1e-5),
-                 ("python", "batch"): lambda: BatchNormFn.apply(*t, 1e-5)[0],
-                 ("python", "layer"): lambda: LayerNormFn.apply(*t, 1e-5),
-                 ("python", "group"): lambda: GroupNormFn.apply(*t, groups, 1e-5)}[name, kind]()
-            results[name] = [y, *torch.autograd.grad(y, t, dy)]
-        for a, b in zip(results["cpp"], results["python"]):
-            assert rel_error(a, b) <= 1e-12, kind
+    errors = check.compare_kernel_to_pair(kind, shape, groups=4)
+    assert max(errors.values()) <= 1e-12, errors
 
 
 @pytest.mark.parametrize("shape", [(256, 512), (64, 16, 14, 14)])
@@ -131,7 +113,7 @@ def test_kernels_do_not_depend_on_the_thread_count(shape):
     try:
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            for kind in ("batch", "layer", "group"):
+            for kind in FUSED:
                 layer = make_norm(kind, shape[1:])
                 xi = x.clone().requires_grad_()
                 y = layer(xi)
@@ -169,6 +151,16 @@ def test_kernel_backend_setting(monkeypatch):
 def test_kernels_refuse_bad_input(call, message):
     with pytest.raises(RuntimeError, match=message):
         call(kernels.ext())
+
+
+def test_notebook_tables_cover_the_registry():
+    """The implementation-check notebook's tables: a row group per kind of the registry, numbers to glue."""
+    worst, by_shape, numbers = check.builtin_comparison([(4, 24)], dtypes=("float64",))
+    assert set(worst.index.get_level_values("layer")) == {NORMS[k].label for k in CHECK_KINDS}
+    assert numbers["max_rel_error_f64"] < 1e-10 and numbers["f64_agreement"].startswith("compute the same")
+    table, numbers = check.gradient_checks([(4, 24)])
+    assert len(table) == numbers["n_gradchecks"] == sum(len(kernels_of(k)) for k in CHECK_KINDS)
+    assert numbers["gradcheck_all"] == "all passed" and numbers["max_numeric_rel_error"] < 1e-5
 
 
 def test_rel_error_is_cs231n():
@@ -364,12 +356,12 @@ def test_wrong_shape_names_expected_and_received(module, shape, message):
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: make_norm("batchnorm", (4,)), r"kind = 'batchnorm': allowed none, batch, layer, weight, group"),
+    (lambda: make_norm("batchnorm", (4,)), rf"kind = 'batchnorm': allowed {', '.join(NORMS)}$"),
     (lambda: make_norm("batch", (4,), impl="cuda"), r"impl = 'cuda': allowed custom, torch"),
     (lambda: make_norm("batch", (4, 5)), r"shape = \(4, 5\): allowed \(C,\) or \(C, H, W\)"),
     (lambda: weight_norm(nn.Linear(2, 2), impl="cudnn"), r"impl = 'cudnn': allowed custom, torch"),
     (lambda: GroupNorm(3, 4), r"num_channels=4 is not divisible by num_groups=3"),
-    (lambda: compare_to_builtin("instance", (2, 3)), r"kind = 'instance': allowed batch, layer, group, weight")])
+    (lambda: compare_to_builtin("instance", (2, 3)), rf"kind = 'instance': allowed {', '.join(CHECK_KINDS)}$")])
 def test_bad_arguments_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
@@ -398,7 +390,7 @@ def test_autograd_functions_in_a_network(kernel):
         assert max_abs(a, b) <= 1e-12 * max(1.0, b.abs().max().item())
 
 
-@pytest.mark.parametrize("kind", ["batch", "layer", "group"])
+@pytest.mark.parametrize("kind", MODULES)
 def test_non_contiguous_inputs_and_gradients(kind, kernel):
     """channels_last / transposed inputs; a transposed and an expanded (stride 0) upstream gradient."""
     custom, builtin = (make_norm(kind, (8, 5, 5), impl=impl).double() for impl in ("custom", "torch"))

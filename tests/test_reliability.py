@@ -27,6 +27,7 @@ import pytest
 
 from conftest import copy_repo, pipeline_cmd, pipeline_env, run_cli, tail
 from normlib import data as D
+from normlib.norms import NORM_KINDS
 from normlib.pipeline import book as pbook, cli, plan
 from normlib.paths import data_dir
 
@@ -50,7 +51,7 @@ def written(root, results):
     return [str(p) for p in paths if p.exists()]
 
 
-ALLOWED_NORMS = "(allowed: none, batch, layer, weight, group)"
+ALLOWED_NORMS = f"(allowed: {', '.join(NORM_KINDS)})"  # the kinds of the registry
 # (id, pipeline arguments, expected stderr line: the exact text, or a list of fragments)
 BAD_REQUESTS = [
     ("unknown parameter", ["--set", "seed=[0]"],
