@@ -103,3 +103,17 @@ def test_missing_chromium_is_one_line(monkeypatch, capsys, tmp_path):
     assert err.strip() == ("error: chromium not found: install Debian's package (`apt-get install chromium`; "
                            "`make pdf` does it when run as root)")
     assert not (tmp_path / "_build").exists()
+
+
+def test_without_executed_notebooks_the_pipeline_runs_first(monkeypatch, capsys, book):
+    """The fake two-notebook book (conftest.make_book), nothing executed: the pipeline is asked to run with
+    the given profile and overrides (here it fails, so nothing is built or printed)."""
+    calls = []
+    monkeypatch.setattr(PDF, "find_chromium", lambda: "/usr/bin/chromium")
+    monkeypatch.setattr(pipeline, "main", lambda argv: calls.append(argv) or 1)
+    assert PDF.main(["--root", str(book), "--profile", "quick", "--set", "epochs=2"]) == 1
+    assert calls == [["--root", str(book), "--profile", "quick", "--set=epochs=2"]]
+    out, err = capsys.readouterr()
+    assert "book/notebooks/ lacks 2 executed notebooks: running the pipeline (profile quick) first" in out
+    assert err.strip() == "error: the pipeline failed (above): no PDF"
+    assert not (book / "_build").exists()
