@@ -210,10 +210,13 @@ def validate(params: dict, *, known: set | None = None) -> dict:
             out[name] = rule(value)
         except ValueError as e:
             raise ParameterError(f"parameter {name!r} = {_one_line(value)}: {e}") from None
-    if out.get("train_size", 0) + out.get("val_size", 0) > FASHION_TRAIN:
-        raise ParameterError(
-            f"parameter 'train_size' = {out['train_size']}: train_size + val_size "
-            f"({out.get('val_size', 0)}) must be at most {FASHION_TRAIN}")
+    train, val = out.get("train_size", 0), out.get("val_size")
+    if train + (val or 0) > FASHION_TRAIN:
+        if val is None:  # the notebook's default val_size is added to it
+            raise ParameterError(f"parameter 'train_size' = {train}: must be at most {FASHION_TRAIN} "
+                                 f"minus val_size (the images held out for validation)")
+        raise ParameterError(f"parameter 'train_size' = {train}: train_size + val_size = {train} + {val} = "
+                             f"{train + val} must be at most {FASHION_TRAIN}")
     return out
 
 

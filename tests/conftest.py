@@ -52,7 +52,8 @@ def make_book(root: Path) -> Path:
     (root / "_toc.yml").write_text(
         "format: jb-book\nroot: book/intro\nchapters:\n"
         "  - file: book/notebooks/alpha\n  - file: book/notebooks/beta\n  - file: book/bibliography\n")
-    for f in ("_config.yml", "book/references.bib", "book/bibliography.md"):
+    for f in ("_config.yml", "book/references.bib", "book/bibliography.md", "book/_ext/executed_notebooks.py"):
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / f, root / f)
     return root
 

@@ -111,9 +111,20 @@ def test_unknown_name_lists_known_and_close_matches():
 
 
 def test_train_plus_val_must_fit_in_fashion_mnist():
-    with pytest.raises(P.ParameterError, match=r"parameter 'train_size' = 58000: train_size \+ val_size \(5000\) must be at most 60000"):
+    """The message states both values and their sum (it once printed val_size as if it were the sum)."""
+    with pytest.raises(P.ParameterError) as e:
         P.validate({"train_size": 58000, "val_size": 5000})
+    assert str(e.value) == ("parameter 'train_size' = 58000: train_size + val_size = 58000 + 5000 = 63000 "
+                            "must be at most 60000")
+    with pytest.raises(P.ParameterError) as e:
+        P.validate({"val_size": 1, "train_size": 60000})
+    assert str(e.value) == "parameter 'train_size' = 60000: train_size + val_size = 60000 + 1 = 60001 must be at most 60000"
+    with pytest.raises(P.ParameterError) as e:
+        P.validate({"train_size": 60001})
+    assert str(e.value) == ("parameter 'train_size' = 60001: must be at most 60000 minus val_size "
+                            "(the images held out for validation)")
     assert P.validate({"train_size": 55000, "val_size": 5000})["train_size"] == 55000
+    assert P.validate({"train_size": 0, "val_size": 59999})["train_size"] == 0
 
 
 def test_check_writable(tmp_path):

@@ -78,7 +78,7 @@ BAD_REQUESTS = [
      "error: --set: parameter 'train_size' = 'all': must be a non-negative integer "
      "(0 = all images not held out for validation)"),
     ("train + val too large", ["--set", "train_size=58000", "--set", "val_size=5000"],
-     "error: --set: parameter 'train_size' = 58000: train_size + val_size (5000) must be at most 60000"),
+     "error: --set: parameter 'train_size' = 58000: train_size + val_size = 58000 + 5000 = 63000 must be at most 60000"),
     ("unknown optimizer", ["--set", "optimizer=rmsprop"],
      "error: --set: parameter 'optimizer' = 'rmsprop': unknown optimizer 'rmsprop' (allowed: sgd, adam)"),
     ("unknown impl", ["--set", "impl=cuda"],

@@ -89,7 +89,7 @@ def build_book(root, log_path):
     log_path.write_text(f"$ {' '.join(cmd)}\n{output}")
     built = tmp / "_build"
     if proc.returncode != 0 or not (built / "html" / "index.html").exists():
-        lines = [l for l in output.splitlines() if "WARNING" in l or "ERROR" in l]
+        lines = [l for l in output.splitlines() if "WARNING" in l or "ERROR" in l or l.startswith("error:")]
         for line in lines[:20]:
             print(f"  {line}", file=sys.stderr)
         shutil.rmtree(tmp, ignore_errors=True)
