@@ -24,7 +24,9 @@ many runs reached the level. It responds to how fast the curve falls (a curve th
 reaches the level in half the steps) and not to what happens after the crossing (the final loss);
 a curve that is higher all along does reach a fixed level later, as it should. Secondary:
 seconds_to_level (steps x the run's mean wall time per step, wall_time / steps run, which includes
-the evaluations: comparable only between runs on the same hardware), and log_loss_auc, the mean log
+the evaluations and any start-up cost of the run, such as loading data or compiling kernels in the
+first run of a process: comparable only between runs on the same hardware and set-up), and
+log_loss_auc, the mean log
 validation loss over training progress (the area under the curve), which mixes speed with level.
 
 Stability, primary: setback, the largest rise of the validation loss between two consecutive

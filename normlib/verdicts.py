@@ -290,6 +290,22 @@ def confirm(first, fresh, alpha=ALPHA):
     return out
 
 
+def confirm_runs(first_runs, fresh_runs, alpha=ALPHA):
+    """confirm(primary_table(first_runs), primary_table(fresh_runs)) for two measures tables, after
+    checking that the fresh runs are fresh: no seed in common, other data-split seeds, and the same
+    convergence level (measure the fresh Histories with the first set's levels)."""
+    shared = set(first_runs["seed"]) & set(fresh_runs["seed"])
+    if shared:
+        raise ValueError(f"confirm_runs: seeds {sorted(shared)} are in both sets; the fresh set must be disjoint")
+    if "split_seed" in first_runs and set(first_runs["split_seed"]) & set(fresh_runs["split_seed"]):
+        raise ValueError("confirm_runs: the fresh set must use another data-split seed")
+    levels = [t.groupby("arch")["level"].first() for t in (first_runs, fresh_runs) if "level" in t]
+    if len(levels) == 2 and not levels[0].equals(levels[1]):
+        raise ValueError("confirm_runs: measure the fresh runs at the first set's convergence levels "
+                         "(metrics.measures_table(fresh, levels=...))")
+    return confirm(primary_table(first_runs, alpha=alpha), primary_table(fresh_runs, alpha=alpha), alpha)
+
+
 def headlines(confirmed, network_labels=None):
     """One sentence per confirmed comparison, e.g. "MLP, convergence speed: batch norm lower than no
     normalization on steps to the validation-loss level (restricted mean), -412 [-530, -294] (first seed
@@ -360,6 +376,20 @@ def glue_values(cmp, prefix=""):
             if k in r:
                 out[base + k] = str(r[k])
     return {k: _plain(v) for k, v in out.items()}
+
+
+def summary_glue_values(summary, prefix=""):
+    """Plain Python values of a condition_summary for glue: {prefix}{arch}_{measure}_{norm} ("mean [lo, hi]"
+    in the measure's format), and _mean (float), _n, _diverged and, for steps, _reached (int)."""
+    out = {}
+    for r in summary.to_dict("records"):
+        base = f"{prefix}{r['arch']}_{r['measure']}_{r['norm']}"
+        fmt = MEASURES[r["measure"]].fmt if r["measure"] in MEASURES else "{:.3f}"
+        out[base] = format_ci(r["mean"], r["lo"], r["hi"], fmt)
+        out[base + "_mean"], out[base + "_n"], out[base + "_diverged"] = float(r["mean"]), int(r["n"]), int(r["diverged"])
+        if r["reached"] is not None and not pd.isna(r["reached"]):
+            out[base + "_reached"] = int(r["reached"])
+    return out
 
 
 def _p_text(p):

@@ -302,3 +302,24 @@ def test_from_histories_to_the_primary_table():
     assert summary.loc[("batch", "setback"), "mean"] == pytest.approx(0.2)  # 4 x 0 + 1 failed run
     corr = verdicts.criterion_correlations(table)["mlp"]
     assert corr.shape == (3, 3)
+
+
+def test_confirm_runs_needs_fresh_seeds_and_another_split():
+    first, again = study().assign(split_seed=0, level=0.5), fresh().assign(split_seed=1, level=0.5)
+    c = verdicts.confirm_runs(first, again).set_index(["measure", "first", "second"])
+    assert c.loc[("steps_to_level", "batch", "none"), "confirmation"] == "confirmed"
+    with pytest.raises(ValueError, match="disjoint"):
+        verdicts.confirm_runs(first, study().assign(split_seed=1, level=0.5))
+    with pytest.raises(ValueError, match="split"):
+        verdicts.confirm_runs(first, fresh().assign(split_seed=0, level=0.5))
+    with pytest.raises(ValueError, match="levels"):
+        verdicts.confirm_runs(first, again.assign(level=0.6))
+
+
+def test_summary_glue_values():
+    t = pd.concat([study(), pd.DataFrame(runs("mlp", "weight", diverged=(1,)))])
+    g = verdicts.summary_glue_values(verdicts.condition_summary(t))
+    assert all(type(v) in (float, int, str) for v in g.values())
+    assert g["mlp_steps_to_level_batch"].startswith("400 [") and g["mlp_steps_to_level_batch_reached"] == 5
+    assert (g["mlp_best_test_loss_weight_n"], g["mlp_best_test_loss_weight_diverged"]) == (5, 1)
+    assert g["mlp_steps_to_level_weight_reached"] == 4 and "mlp_setback_weight_reached" not in g
