@@ -1,15 +1,61 @@
-"""Pure functions over Histories: the three criteria of the study and their statistics.
+"""Pure functions over Histories: the measures of the study's three criteria, one run at a time.
 
-Convergence speed: steps / epochs until the validation loss (or accuracy) first reaches a target.
-Stability: spread across seeds of the final validation loss, step-to-step volatility of the
-training loss, and spread of the gradient norm. Final loss and accuracy.
-Across seeds: mean with a 95% Student-t confidence interval; differences between two
-conditions: Welch's t-test with Hedges' g. A verdict names a winner only when the two 95%
-intervals do not overlap; otherwise it is a tie (the difference is not established).
+The measures (issue 13), one primary per criterion; normlib.verdicts compares conditions on them.
+
+A diverged run is a result, by one rule (completed_curve): a run fails when its training loss became
+non-finite (the trainer stopped it) or a validation evaluation is non-finite. From that point on it is
+a classifier at chance level: validation and test loss ln(10) = 2.303, accuracy 10%, at every
+evaluation it was planned to reach. A loss worse than chance counts as chance, an accuracy below 10%
+as 10%: a classifier that bad has failed, and by how much is the size of an explosion, not information
+about the criterion. So a failed run is never dropped, it never contributes exploding numbers, and in
+every criterion it scores as a failure: it never reaches the convergence level (censored at the
+planned steps, even if its loss was below the level before it diverged: it did not converge), its
+stability setback is 1 (the largest possible), its final loss is ln(10).
+
+Convergence speed, primary: steps_to_level, the optimizer steps until the validation loss first reaches
+a level that every condition reaches, the crossing interpolated linearly in log loss between
+evaluations (the curve starts at chance, ln 10, at step 0). The level is fixed by a rule before the
+conditions are compared (convergence_level): 10% above the worst condition's median best validation
+loss, so a typical run of every condition reaches it before its end. A run that never reaches it is
+censored at its planned steps; across runs of one condition, which share the horizon, the mean of the
+censored values is the restricted mean time to the level up to the horizon (the Kaplan-Meier estimate,
+verdicts.km_restricted_mean, gives the same number), not a mean of observed times, and tables say how
+many runs reached the level. It responds to how fast the curve falls (a curve that falls twice as fast
+reaches the level in half the steps) and not to what happens after the crossing (the final loss);
+a curve that is higher all along does reach a fixed level later, as it should. Secondary:
+seconds_to_level (steps x the run's mean wall time per step, wall_time / steps run, which includes
+the evaluations and any start-up cost of the run, such as loading data or compiling kernels in the
+first run of a process: comparable only between runs on the same hardware and set-up), and
+log_loss_auc, the mean log
+validation loss over training progress (the area under the curve), which mixes speed with level.
+
+Stability, primary: setback, the largest rise of the validation loss between two consecutive
+evaluations, as a share of the progress made so far (ln 10 minus the best validation loss up to then).
+0: the loss never rose on the fixed validation set; 1: a rise that undid all progress (a diverged run,
+or a jump back to chance). It reads only the fixed validation set, so the noise of fresh mini-batches in
+the training loss (which the earlier 'volatility' measured, and which grows as the loss falls) does not
+enter; a curve that is merely higher, or that made k times less progress with the same shape, has the
+same setback (it is invariant to scaling the curve's distance from chance); a slow rise from
+overfitting adds only its small rise per evaluation interval, while a spike counts in full. Its scale
+depends on the spacing of evaluations (4 per epoch in the main comparison), the same for every
+condition compared. Secondary: divergence (the rate of failed runs), the spread across seeds of the
+final validation loss (verdicts tests it with Brown-Forsythe), and, from a learning-rate sweep,
+lr_sensitivity (how much worse than a seed's best learning rate its neighbours on the grid are).
+
+Final loss, primary: best_test_loss, the test loss at the best-validation checkpoint (the weights of
+the evaluation with the lowest validation loss, chosen without the test set). Secondary: best_test_acc
+at that checkpoint, final_val_loss (last evaluation), and the evidence of a plateau: last_quarter_change,
+the log ratio of the validation loss at the end to that at 3/4 of the planned steps (near 0: flat; below
+0: still falling; above 0: rising, e.g. overfitting).
+
+Earlier measures (first_reach targets, volatility, grad_norm_spread, the interval-overlap verdict and
+rank_conditions) stay below for the notebooks that still call them; issue 13 explains why they
+do not measure what their names say.
 """
 import math
 import re
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -291,4 +337,166 @@ def head_to_head(table, a, b, arch, criteria=CRITERIA, level=0.95):
                      "winner": winner, f"{a}_mean": d["mean_a"], f"{a}_lo": d["lo_a"], f"{a}_hi": d["hi_a"],
                      f"{b}_mean": d["mean_b"], f"{b}_lo": d["lo_b"], f"{b}_hi": d["hi_b"],
                      "diff": diff, "diff_lo": lo, "diff_hi": hi, "welch_p": d["p"], "hedges_g": d["g"]})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The measures of issue 13 (see the module docstring): one failure rule, one primary per criterion.
+
+CHANCE_LOSS = math.log(10)  # cross-entropy of a classifier giving each of the 10 classes probability 1/10
+CHANCE_ACC = 0.1
+LEVEL_MARGIN = 0.10  # the convergence level: this fraction above the worst condition's median best val loss
+
+
+def failed(h):
+    """The failure rule: the training loss became non-finite (h.diverged) or a validation evaluation is."""
+    return bool(h.diverged) or not all(math.isfinite(v) for v in (*h.val_loss, *h.val_acc))
+
+
+def planned_eval_steps(h):
+    """The steps at which the trainer evaluates a run of this config that does not diverge."""
+    total, per = planned_steps(h), h.config.get("evals_per_epoch", 1)
+    at = {round(h.steps_per_epoch * k / per) for k in range(1, per * h.config["epochs"] + 1)} | {total}
+    return sorted(s for s in at if 0 < s <= total)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A run's validation curve under the failure rule (completed_curve)."""
+    step: np.ndarray      # evaluation steps, up to the planned end
+    val_loss: np.ndarray  # at most CHANCE_LOSS
+    val_acc: np.ndarray   # at least CHANCE_ACC
+    planned: int          # optimizer steps the run was configured for (the horizon)
+    failed: bool
+
+
+def completed_curve(h):
+    """The validation curve of a run, completed by the failure rule: the evaluations measured before a
+    failure, then chance (loss ln 10, accuracy 10%) at every planned evaluation after it; losses worse
+    than chance count as chance, accuracies below 10% as 10%."""
+    kept = []
+    for s, loss, acc in zip(h.eval_step, h.val_loss, h.val_acc):
+        if (h.diverged_step is not None and s >= h.diverged_step) or not (math.isfinite(loss) and math.isfinite(acc)):
+            break
+        kept.append((s, min(loss, CHANCE_LOSS), max(acc, CHANCE_ACC)))
+    is_failed = failed(h)
+    if is_failed:
+        last = kept[-1][0] if kept else 0
+        kept += [(s, CHANCE_LOSS, CHANCE_ACC) for s in planned_eval_steps(h) if s > last]
+    step, loss, acc = (np.array(col, dtype=float) for col in zip(*kept)) if kept else (np.zeros(0),) * 3
+    return Curve(step, loss, acc, planned_steps(h), is_failed)
+
+
+def steps_to_level(curve, level):
+    """(steps, reached): the first crossing of `level` by the validation loss, interpolated linearly in
+    log loss between evaluations (from chance at step 0); (planned steps, False) if never reached, and
+    for a failed run, which did not converge however low its loss was before it diverged."""
+    s0, l0 = 0.0, CHANCE_LOSS
+    if curve.failed:
+        return float(curve.planned), False
+    if l0 <= level:
+        return 0.0, True
+    for s, loss in zip(curve.step, curve.val_loss):
+        if loss <= level:
+            frac = (math.log(l0) - math.log(level)) / (math.log(l0) - math.log(loss))
+            return float(s0 + frac * (s - s0)), True
+        s0, l0 = s, loss
+    return float(curve.planned), False
+
+
+def convergence_level(best_losses, margin=LEVEL_MARGIN):
+    """The level every condition should reach: (1 + margin) x the largest, over conditions, of the
+    median best validation loss. best_losses: {condition: best validation losses of its runs} (a failed
+    run's best is that of its completed curve). Fixed before any comparison; no condition is favoured."""
+    medians = [np.median(v) for v in best_losses.values() if len(v)]
+    return float((1 + margin) * max(medians)) if medians else float("nan")
+
+
+def log_loss_auc(curve):
+    """Mean log validation loss over training progress (trapezoids over step / planned steps, from chance
+    at step 0): the area under the curve, lower when the loss falls sooner and when it ends lower."""
+    x = np.concatenate([[0.0], curve.step]) / curve.planned
+    y = np.log(np.concatenate([[CHANCE_LOSS], curve.val_loss]))
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) / x[-1]) if len(x) > 1 else float("nan")
+
+
+def setback(curve):
+    """Largest rise of the validation loss between consecutive evaluations, as a share of the progress
+    made until then (ln 10 minus the best loss so far): 0 = it never rose, 1 = all progress undone
+    (a failed run scores 1). See the module docstring for why this measures stability."""
+    if curve.failed:
+        return 1.0
+    loss = np.concatenate([[CHANCE_LOSS], curve.val_loss])
+    best = np.minimum.accumulate(loss)[:-1]  # best so far, before each evaluation
+    progress = CHANCE_LOSS - best
+    rise = np.maximum(loss[1:] - loss[:-1], 0.0)
+    share = np.divide(rise, progress, out=np.zeros_like(rise), where=progress > 0)
+    return float(share.max()) if len(share) else float("nan")
+
+
+def loss_at(curve, step):
+    """The validation loss at a step, interpolated in log loss between evaluations (chance at step 0)."""
+    x = np.concatenate([[0.0], curve.step])
+    return float(np.exp(np.interp(step, x, np.log(np.concatenate([[CHANCE_LOSS], curve.val_loss])))))
+
+
+def last_quarter_change(curve):
+    """Evidence of a plateau: log of the validation loss at the end over that at 3/4 of the planned steps."""
+    if not len(curve.step):
+        return float("nan")
+    return float(math.log(curve.val_loss[-1] / loss_at(curve, 0.75 * curve.planned)))
+
+
+def run_measures(h, level):
+    """Every measure of one run (module docstring), under the failure rule; level: the convergence level."""
+    c = completed_curve(h)
+    steps, reached = steps_to_level(c, level)
+    step_time = h.wall_time / len(h.step_loss) if h.step_loss else float("nan")
+    final = (lambda v, chance: chance) if c.failed else (lambda v, chance: float(v))  # noqa: E731
+    return {"diverged": c.failed, "diverged_step": h.diverged_step, "planned_steps": c.planned, "level": level,
+            "steps_to_level": steps, "reached": reached, "seconds_to_level": steps * step_time,
+            "step_time": step_time, "log_loss_auc": log_loss_auc(c), "setback": setback(c),
+            "best_test_loss": min(final(h.best_test_loss, CHANCE_LOSS), CHANCE_LOSS),
+            "best_test_acc": max(final(h.best_test_acc, CHANCE_ACC), CHANCE_ACC),
+            "final_val_loss": float(c.val_loss[-1]) if len(c.val_loss) else float("nan"),
+            "last_quarter_change": last_quarter_change(c)}
+
+
+PRIMARY_CONDITIONS = ("none", "batch", "layer")  # the conditions that set the convergence level
+
+
+def convergence_levels(histories, conditions=PRIMARY_CONDITIONS, margin=LEVEL_MARGIN):
+    """{arch: convergence_level} from the runs of `conditions` (all runs, if none of them is present)."""
+    levels = {}
+    for arch in dict.fromkeys(h.config["arch"] for h in histories):
+        runs = [h for h in histories if h.config["arch"] == arch]
+        runs = [h for h in runs if h.config["norm"] in conditions] or runs
+        best = {}
+        for h in runs:
+            c = completed_curve(h)
+            best.setdefault(h.config["norm"], []).append(float(c.val_loss.min()) if len(c.val_loss) else CHANCE_LOSS)
+        levels[arch] = convergence_level(best, margin)
+    return levels
+
+
+def measures_table(histories, levels=None, keys=("arch", "norm", "seed", "split_seed", "lr")):
+    """One row per run: config keys, then run_measures. levels: {arch: level}, by default
+    convergence_levels(histories); pass the first seed set's levels to measure fresh seeds on the same."""
+    levels = convergence_levels(histories) if levels is None else levels
+    return pd.DataFrame([{**{k: h.config.get(k) for k in keys}, **run_measures(h, levels[h.config["arch"]])}
+                         for h in histories])
+
+
+def lr_sensitivity(table, metric="best_test_loss", by=("arch", "norm", "seed"), lr="lr"):
+    """Sensitivity to the learning rate, from a sweep (a measures_table over an lr grid; failed runs
+    are already at chance). Per seed of each condition: the grid's best lr by `metric` (lower is
+    better), and the mean over its neighbours on the grid of log(metric at the neighbour / at the best).
+    0: the neighbours are as good; ln(ln 10 / best): a neighbour failed."""
+    rows = []
+    for key, g in table.groupby(list(by), sort=False):
+        g = g.sort_values(lr)
+        values, i = g[metric].to_numpy(float), int(np.nanargmin(g[metric].to_numpy(float)))
+        near = [j for j in (i - 1, i + 1) if 0 <= j < len(g)]
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "best_lr": float(g[lr].iloc[i]),
+                     "lr_sensitivity": float(np.mean(np.log(values[near] / values[i]))) if near else float("nan")})
     return pd.DataFrame(rows)

@@ -1,0 +1,325 @@
+"""Tests of normlib.verdicts on hand-made per-run tables and synthetic Histories (nothing is trained):
+Holm, TOST, Kaplan-Meier restricted mean and Brown-Forsythe against hand computations and scipy; the
+primary family and its verdicts; exploratory comparisons; confirmation on fresh seeds; winners from
+pairwise verdicts; glue values and the reader's table."""
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from normlib import metrics, verdicts
+
+C = metrics.CHANCE_LOSS
+
+
+def runs(network, norm, n=5, diverged=(), **columns):
+    """Rows of a measures table: columns maps a measure to n values (or one value for all runs);
+    runs listed in `diverged` are at chance, as metrics.run_measures makes them."""
+    rows = []
+    for i in range(n):
+        row = {"arch": network, "norm": norm, "seed": i, "planned_steps": 1000, "diverged": i in diverged,
+               "reached": True, "steps_to_level": 500.0, "setback": 0.01, "best_test_loss": 0.30,
+               "seconds_to_level": 5.0, "log_loss_auc": -0.5, "best_test_acc": 0.89, "final_val_loss": 0.31}
+        row.update({k: (v[i] if np.ndim(v) else v) for k, v in columns.items()})
+        if i in diverged:
+            row.update(steps_to_level=1000.0, reached=False, setback=1.0, best_test_loss=C, best_test_acc=0.1,
+                       final_val_loss=C, seconds_to_level=10.0, log_loss_auc=0.0)
+        rows.append(row)
+    return rows
+
+
+def jitter(center, spread=0.01, n=5):
+    return list(center + spread * np.array([-2, -1, 0, 1, 2])[:n] / 2)
+
+
+def study(network="mlp"):
+    """BN reaches the level sooner than none and LN (clear); LN vs none: no difference in speed; BN lower
+    final loss than none; stability alike everywhere."""
+    return pd.DataFrame(
+        runs(network, "none", steps_to_level=jitter(700, 40), best_test_loss=jitter(0.33, 0.01),
+             setback=jitter(0.02, 0.004)) +
+        runs(network, "batch", steps_to_level=jitter(400, 40), best_test_loss=jitter(0.30, 0.01),
+             setback=jitter(0.02, 0.004)) +
+        runs(network, "layer", steps_to_level=jitter(690, 40), best_test_loss=jitter(0.315, 0.02),
+             setback=jitter(0.021, 0.004)))
+
+
+# ----------------------------------------------------------------------------
+# statistics
+
+def test_holm_by_hand():
+    adjusted = verdicts.holm([0.01, 0.04, 0.03, 0.005])
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> running max 0.06
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    nan_too = verdicts.holm([0.01, math.nan])  # an untestable comparison still counts in the family
+    assert nan_too[0] == pytest.approx(0.02) and math.isnan(nan_too[1])
+    assert verdicts.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+
+
+def test_tost_matches_two_one_sided_welch_tests():
+    a = [0.301, 0.305, 0.298, 0.303, 0.300]
+    b = [0.302, 0.299, 0.304, 0.301, 0.306]
+    r = verdicts.tost(a, b, margin=0.01)
+    x, y = np.array(a), np.array(b)
+    assert r["p_lower"] == pytest.approx(stats.ttest_ind(x + 0.01, y, equal_var=False, alternative="greater").pvalue)
+    assert r["p_upper"] == pytest.approx(stats.ttest_ind(x - 0.01, y, equal_var=False, alternative="less").pvalue)
+    assert r["equivalent"] and r["p"] == max(r["p_lower"], r["p_upper"]) < 0.05
+    assert -0.01 < r["lo"] < r["diff"] < r["hi"] < 0.01  # the 90% interval lies inside the margin
+    assert not verdicts.tost(a, b, margin=0.001)["equivalent"]  # too narrow a margin for these seeds
+    assert not verdicts.tost(a, list(y + 0.02), margin=0.01)["equivalent"]  # a real difference
+    assert not verdicts.tost(a[:1], b, margin=1.0)["equivalent"]  # one run: nothing is established
+
+
+def test_km_restricted_mean():
+    # events at 2 and 4, one run censored at 6 (before the horizon 10): S = 1, then 2/3, then 1/3
+    assert verdicts.km_restricted_mean([2, 4, 6], [True, True, False], 10) == pytest.approx(2 + 2 * 2 / 3 + 6 / 3)
+    times, reached = [300.0, 450.0, 1000.0, 1000.0], [True, True, False, False]  # censored at the horizon only
+    assert verdicts.km_restricted_mean(times, reached, 1000) == pytest.approx(np.mean(times))
+
+
+def test_spread_test_responds_to_spread_not_to_the_mean():
+    rng = np.random.default_rng(0)
+    tight, wide = 0.30 + 0.002 * rng.standard_normal(10), 0.30 + 0.03 * rng.standard_normal(10)
+    r = verdicts.spread_test(tight, wide)
+    assert r["p"] < 0.01 and r["sd_a"] < r["sd_b"]
+    assert r["p"] == pytest.approx(stats.levene(tight, wide, center="median").pvalue)
+    assert verdicts.spread_test(tight, wide + 1.0)["p"] == pytest.approx(r["p"])
+    assert verdicts.spread_test(tight, tight + 0.1)["p"] > 0.9
+
+
+# ----------------------------------------------------------------------------
+# the primary family
+
+def test_primary_table_is_the_declared_family():
+    t = verdicts.primary_table(pd.concat([study("mlp"), study("cnn")]))
+    assert len(t) == 2 * 3 * 3 and set(t["family"]) == {"primary"}
+    assert set(t["measure"]) == set(verdicts.PRIMARY) and set(t["better"]) == {"lower"}
+    assert {tuple(p) for p in t[["first", "second"]].to_numpy()} == set(verdicts.PRIMARY_PAIRS)
+    assert (t["p_holm"] >= t["p"]).all() and t["p_holm"].tolist() == pytest.approx(list(verdicts.holm(t["p"])))
+
+
+def test_primary_verdicts_follow_holm_and_direction():
+    t = verdicts.primary_table(study()).set_index(["measure", "first", "second"])
+    speed = t.loc[("steps_to_level", "batch", "none")]
+    assert speed["verdict"] == "batch norm lower" and speed["winner"] == "batch" and speed["diff"] == pytest.approx(-300)
+    assert speed["diff_lo"] < -300 < speed["diff_hi"] < 0
+    assert t.loc[("steps_to_level", "batch", "layer"), "verdict"] == "batch norm lower"
+    assert t.loc[("steps_to_level", "layer", "none"), "verdict"] == "not established"
+    assert (t.xs("setback", level="measure")["verdict"] == "not established").all()
+    assert t.loc[("best_test_loss", "batch", "none"), "verdict"] == "batch norm lower"
+    # direction: a higher-is-better measure names the winner "higher"
+    acc = verdicts.comparison_table(study(), ["best_test_acc"], [("batch", "none")], "x", adjust=False)
+    assert acc["verdict"].item() == "not established"  # identical accuracies
+    hi = verdicts.comparison_table(pd.DataFrame(runs("mlp", "batch", best_test_acc=jitter(0.90)) +
+                                                runs("mlp", "none", best_test_acc=jitter(0.85))),
+                                   ["best_test_acc"], [("batch", "none")], "x", adjust=False)
+    assert hi["verdict"].item() == "batch norm higher" and hi["winner"].item() == "batch"
+    lo = verdicts.comparison_table(pd.DataFrame(runs("mlp", "batch", best_test_loss=jitter(0.40)) +
+                                                runs("mlp", "none", best_test_loss=jitter(0.30))),
+                                   ["best_test_loss"], [("batch", "none")], "x", adjust=False)
+    assert lo["verdict"].item() == "no normalization lower" and lo["winner"].item() == "none"
+
+
+def test_multiplicity_can_withhold_a_verdict_the_raw_p_would_give():
+    t = study()
+    t.loc[t["norm"] == "layer", "best_test_loss"] = jitter(0.305, 0.02)  # LN vs none: raw p ~ 0.02
+    row = verdicts.primary_table(t).set_index(["measure", "first", "second"]).loc[("best_test_loss", "layer", "none")]
+    assert row["p"] < 0.05 <= row["p_holm"]
+    assert row["verdict"] == "not established" and not row["established"]
+
+
+def test_groups_report_n_and_diverged_and_keep_failed_runs():
+    t = study()
+    t = pd.concat([t[t["norm"] != "none"], pd.DataFrame(runs("mlp", "none", diverged=(4,),
+                                                             steps_to_level=jitter(700, 40)))])
+    row = verdicts.primary_table(t).set_index(["measure", "first", "second"]).loc[("best_test_loss", "batch", "none")]
+    assert (row["n_first"], row["diverged_first"], row["n_second"], row["diverged_second"]) == (5, 0, 5, 1)
+    assert row["mean_second"] == pytest.approx((4 * 0.30 + C) / 5)  # the failed run counts, at chance
+    steps = verdicts.primary_table(t).set_index(["measure", "first", "second"]).loc[("steps_to_level", "batch", "none")]
+    assert (steps["reached_first"], steps["reached_second"]) == (5, 4)
+    assert steps["hi_second"] <= 1000  # a restricted mean's interval ends at the horizon
+
+
+def test_no_hedges_g_when_a_group_has_no_spread():
+    t = pd.DataFrame(runs("mlp", "batch", steps_to_level=jitter(400, 40)) +
+                     runs("mlp", "none", steps_to_level=1000.0, reached=False))  # all censored: no spread
+    row = verdicts.primary_table(t).set_index(["measure", "first", "second"]).loc[("steps_to_level", "batch", "none")]
+    assert row["verdict"] == "batch norm lower" and math.isnan(row["hedges_g"])
+    assert abs(metrics.welch(t.loc[t.norm == "batch", "steps_to_level"],
+                             t.loc[t.norm == "none", "steps_to_level"])["g"]) > 10  # what the old table showed
+    both = verdicts.primary_table(study()).set_index(["measure", "first", "second"])
+    assert both.loc[("steps_to_level", "batch", "none"), "hedges_g"] < 0  # spread on both sides: g is given
+
+
+def test_too_few_runs_is_not_established():
+    t = pd.DataFrame(runs("mlp", "batch", n=2, steps_to_level=[400.0, 401.0]) +
+                     runs("mlp", "none", n=2, steps_to_level=[900.0, 901.0]))
+    row = verdicts.comparison_table(t, ["steps_to_level"], [("batch", "none")], "x", adjust=False).iloc[0]
+    assert row["p"] < 0.05 and row["verdict"] == "not established"
+
+
+# ----------------------------------------------------------------------------
+# exploratory comparisons, winners
+
+def with_outlier():
+    """The study plus weight norm with one seed at chance: the case that erased every verdict before."""
+    wn = runs("mlp", "weight", diverged=(2,), steps_to_level=[300.0, 420.0, 1000.0, 700.0, 380.0],
+              best_test_loss=jitter(0.32, 0.01))
+    return pd.concat([study(), pd.DataFrame(wn)], ignore_index=True)
+
+
+def test_exploratory_table_is_marked_and_unadjusted():
+    e = verdicts.exploratory_table(with_outlier())
+    assert set(e["family"]) == {"exploratory: no multiplicity control"} and e["p_holm"].isna().all()
+    pairs = {tuple(p) for p in e[["first", "second"]].to_numpy()}
+    assert ("weight", "none") in pairs and ("batch", "weight") in pairs
+    primary_rows = e[e["measure"].isin(verdicts.PRIMARY)]
+    assert not any(tuple(p) in verdicts.PRIMARY_PAIRS for p in primary_rows[["first", "second"]].to_numpy())
+    fail = e.set_index(["measure", "first", "second"]).loc[("failure_rate", "weight", "none")]
+    assert fail["test"] == "Fisher" and fail["mean_first"] == pytest.approx(0.2) and fail["verdict"] == "not established"
+    sd = e.set_index(["measure", "first", "second"]).loc[("final_val_loss_sd", "weight", "none")]
+    assert sd["test"] == "Brown-Forsythe" and sd["mean_first"] > sd["mean_second"]
+
+
+def test_an_outlier_condition_does_not_erase_pairwise_winners():
+    t = with_outlier()
+    samples = {c: t.loc[t["norm"] == c, "steps_to_level"].tolist() for c in ("none", "batch", "layer", "weight")}
+    assert metrics.rank_conditions(samples)[0] == "tie"  # the old overlap rule: one wide condition, no winner
+    assert verdicts.primary_table(t).equals(verdicts.primary_table(study()))  # the outlier is not in the family
+    pairwise = pd.concat([verdicts.primary_table(t), verdicts.exploratory_table(t)])
+    pairwise = pairwise[pairwise["measure"] == "steps_to_level"].set_index(["first", "second"])
+    assert pairwise.loc[("batch", "none"), "established"] and pairwise.loc[("batch", "layer"), "established"]
+    assert not pairwise.loc[("batch", "weight"), "established"]  # the wide condition: honestly undecided
+    four = verdicts.winners(pairwise.reset_index()).iloc[0]
+    assert four["winner"] == "" and four["verdict"] == "not established"  # BN vs WN is not established
+    three = verdicts.winners(verdicts.primary_table(t)).set_index("measure")
+    assert three.loc["steps_to_level", "verdict"] == "batch norm best"
+    assert three.loc["steps_to_level", "winner"] == "batch"
+    assert three.loc["setback", "winner"] == "" and three.loc["setback", "verdict"] == "not established"
+    assert three.loc["best_test_loss", "winner"] == ""  # BN beats none, but BN vs LN is not established
+
+
+# ----------------------------------------------------------------------------
+# confirmation on fresh seeds
+
+def fresh(shift_batch=0.0, flip=False):
+    t = study()
+    t["seed"] += 100
+    if flip:  # BN now slower than none
+        t.loc[t["norm"] == "batch", "steps_to_level"] = jitter(900, 40)
+    t.loc[t["norm"] == "batch", "best_test_loss"] += shift_batch
+    return t
+
+
+def test_confirm():
+    first = verdicts.primary_table(study())
+    c = verdicts.confirm(first, verdicts.primary_table(fresh())).set_index(["measure", "first", "second"])
+    assert c.loc[("steps_to_level", "batch", "none"), "confirmation"] == "confirmed"
+    assert c.loc[("steps_to_level", "batch", "none"), "claim"] == "batch norm lower"
+    assert c.loc[("steps_to_level", "layer", "none"), "confirmation"] == "not established"
+    assert c.loc[("steps_to_level", "layer", "none"), "claim"] == "not established"
+    flipped = verdicts.confirm(first, verdicts.primary_table(fresh(flip=True))).set_index(["measure", "first", "second"])
+    assert flipped.loc[("steps_to_level", "batch", "none"), "confirmation"] == "not confirmed"  # opposite sign
+    assert flipped.loc[("steps_to_level", "batch", "none"), "claim"] == "not established"
+    gone = verdicts.confirm(first, verdicts.primary_table(fresh(shift_batch=0.03)))
+    gone = gone.set_index(["measure", "first", "second"])
+    assert gone.loc[("best_test_loss", "batch", "none"), "confirmation"] == "not confirmed"  # no difference left
+
+
+def test_confirmation_is_holm_adjusted_over_the_established_family():
+    first = pd.DataFrame({"network": "mlp", "measure": ["steps_to_level", "setback", "best_test_loss"],
+                          "first": "batch", "second": "none", "diff": [-1.0, -1.0, -1.0],
+                          "established": [True, True, False], "verdict": "batch norm lower", "winner": "batch"})
+    second = first.assign(diff=[-0.5, -0.5, -0.5], diff_lo=math.nan, diff_hi=math.nan, p=[0.03, 0.2, 0.001],
+                          n_first=5, diverged_first=0, n_second=5, diverged_second=0)
+    c = verdicts.confirm(first, second).set_index("measure")
+    # two comparisons were established: Holm doubles 0.03 to 0.06; the third (p = 0.001) was not established
+    assert c.loc["steps_to_level", "p_confirm"] == pytest.approx(0.06)
+    assert c["confirmation"].tolist() == ["not confirmed", "not confirmed", "not established"]
+    c1 = verdicts.confirm(first.assign(established=[True, False, False]), second).set_index("measure")
+    assert c1.loc["steps_to_level", "confirmation"] == "confirmed"  # a family of one: 0.03 < 0.05
+
+
+def test_headlines_only_from_confirmed_verdicts():
+    first = verdicts.primary_table(study())
+    c = verdicts.confirm(first, verdicts.primary_table(fresh(flip=True)))
+    lines = verdicts.headlines(c, {"mlp": "MLP"})
+    assert len(lines) == (c["confirmation"] == "confirmed").sum() >= 1
+    assert all("confirmed on fresh seeds" in s and s.startswith("MLP, ") for s in lines)
+    assert not any("convergence speed" in s and "than no normalization" in s for s in lines)  # flipped: not confirmed
+    assert any(s.startswith("MLP, final loss: batch norm lower than no normalization") for s in lines)
+    confirmed_winners = verdicts.winners(c, "confirmed_winner").set_index("measure")
+    assert confirmed_winners.loc["steps_to_level", "winner"] == ""  # BN vs none was not confirmed
+
+
+# ----------------------------------------------------------------------------
+# glue values and the reader's table
+
+def test_glue_values_are_plain_python():
+    c = verdicts.confirm(verdicts.primary_table(study()), verdicts.primary_table(fresh()))
+    g = verdicts.glue_values(c)
+    assert all(type(v) in (float, int, str, bool) for v in g.values())
+    base = "mlp_steps_to_level_batch_vs_none_"
+    assert g[base + "verdict"] == "batch norm lower" and g[base + "confirmation"] == "confirmed"
+    assert g[base + "n_batch"] == 5 and g[base + "diverged_none"] == 0
+    assert g[base + "diff"] == pytest.approx(-300) and g[base + "ci"].startswith("-300 [")
+    assert g["mlp_setback_layer_vs_none_verdict"] == "not established"
+
+
+def test_reader_table_and_line():
+    t = verdicts.primary_table(study())
+    r = verdicts.reader_table(t)
+    assert list(r.columns) == ["network", "criterion", "measure", "comparison", "difference [95% CI]", "p",
+                               "verdict", "n (diverged)"]
+    row = t[(t["measure"] == "best_test_loss") & (t["first"] == "batch") & (t["second"] == "none")].iloc[0]
+    line = verdicts.reader_line(row)
+    assert re.fullmatch(r"BN - none: -0\.030 \[-0\.\d{3}, -0\.\d{3}\], Holm p (< 0\.001|= 0\.\d{3}), BN lower", line)
+    assert set(r["verdict"]) <= {"BN lower", "LN lower", "none lower", "not established"}
+    e = verdicts.reader_table(verdicts.exploratory_table(with_outlier()))
+    assert e["p"].str.match(r"p( = | < | n/a)").all()  # unadjusted, and says so by not saying Holm
+
+
+# ----------------------------------------------------------------------------
+# from Histories to verdicts
+
+def test_from_histories_to_the_primary_table():
+    from tests.test_measures import falling, run
+    hs = [run(falling(r + 0.1 * s, f), norm=n, seed=s, best_test_loss=b + 0.002 * s)
+          for n, r, f, b in (("none", 3, 0.40, 0.42), ("batch", 6, 0.30, 0.31), ("layer", 4, 0.35, 0.36))
+          for s in range(5)]
+    hs[5] = run(falling(6, 0.30), norm="batch", seed=0, diverged_step=700)  # one BN seed diverges late
+    table = metrics.measures_table(hs)
+    t = verdicts.primary_table(table).set_index(["measure", "first", "second"])
+    speed = t.loc[("steps_to_level", "batch", "none")]
+    assert (speed["n_first"], speed["diverged_first"]) == (5, 1)
+    assert speed["reached_first"] == 4 and speed["mean_first"] > 300  # the failed seed counts at the horizon
+    summary = verdicts.condition_summary(table).set_index(["norm", "measure"])
+    assert summary.loc[("batch", "steps_to_level"), "diverged"] == 1
+    assert summary.loc[("batch", "steps_to_level"), "reached"] == 4
+    assert summary.loc[("batch", "setback"), "mean"] == pytest.approx(0.2)  # 4 x 0 + 1 failed run
+    corr = verdicts.criterion_correlations(table)["mlp"]
+    assert corr.shape == (3, 3)
+
+
+def test_confirm_runs_needs_fresh_seeds_and_another_split():
+    first, again = study().assign(split_seed=0, level=0.5), fresh().assign(split_seed=1, level=0.5)
+    c = verdicts.confirm_runs(first, again).set_index(["measure", "first", "second"])
+    assert c.loc[("steps_to_level", "batch", "none"), "confirmation"] == "confirmed"
+    with pytest.raises(ValueError, match="disjoint"):
+        verdicts.confirm_runs(first, study().assign(split_seed=1, level=0.5))
+    with pytest.raises(ValueError, match="split"):
+        verdicts.confirm_runs(first, fresh().assign(split_seed=0, level=0.5))
+    with pytest.raises(ValueError, match="levels"):
+        verdicts.confirm_runs(first, again.assign(level=0.6))
+
+
+def test_summary_glue_values():
+    t = pd.concat([study(), pd.DataFrame(runs("mlp", "weight", diverged=(1,)))])
+    g = verdicts.summary_glue_values(verdicts.condition_summary(t))
+    assert all(type(v) in (float, int, str) for v in g.values())
+    assert g["mlp_steps_to_level_batch"].startswith("400 [") and g["mlp_steps_to_level_batch_reached"] == 5
+    assert (g["mlp_best_test_loss_weight_n"], g["mlp_best_test_loss_weight_diverged"]) == (5, 1)
+    assert g["mlp_steps_to_level_weight_reached"] == 4 and "mlp_setback_weight_reached" not in g
