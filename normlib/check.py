@@ -371,3 +371,16 @@ def timing_comparison(shapes, repeats, threads=1, kinds=CHECK_KINDS):
     ms.columns = [f"{c} (ms)" for c in TIMED] + ["as used / torch", "reference pair / torch"]
     table = ms.rename(index={k: _label(k) for k in kinds}, level="layer").rename(index=ARCH_LABELS, level="at")
     return table.round(3), numbers
+
+
+def training_configs(train_size, val_size, epochs, kinds=CHECK_KINDS, lr=0.05):
+    """The short MLP runs of the training comparison: each kind with the from-scratch layer (seed 0)
+    and with torch's built-in (seeds 0 and 1, the second for scale), on the protocol of steps 1-5."""
+    from dataclasses import replace
+
+    from normlib.protocol import Protocol
+
+    custom = Protocol(archs=("mlp",), train_size=train_size, val_size=val_size, mlp_epochs=epochs)
+    builtin = replace(custom, impl="torch")
+    return ([custom.config("mlp", kind, lr, 0) for kind in kinds]
+            + [builtin.config("mlp", kind, lr, seed) for kind in kinds for seed in (0, 1)])

@@ -16,7 +16,7 @@ from normlib.norms import NORMS
 # colour and name of every normalization kind (from the registry), and of model variants that are not kinds
 NORM_COLORS = {**{kind: n.colour for kind, n in NORMS.items()}, "batch+layer": "#d62728"}
 NORM_LABELS = {**{kind: n.label for kind, n in NORMS.items()}, "batch+layer": "batch + layer norm"}
-ARCH_LABELS = {"mlp": "MLP (3 x 256)", "cnn": "CNN (2 conv + FC)"}
+ARCH_LABELS = {"mlp": "MLP", "cnn": "CNN"}
 METRIC_LABELS = {
     "train_loss": "training loss (cross-entropy)", "val_loss": "validation loss (cross-entropy)",
     "train_acc": "training accuracy", "val_acc": "validation accuracy", "test_acc": "test accuracy",
@@ -86,8 +86,9 @@ def _finish(fig, axes, top):
     return fig
 
 
-def curves(frame, y, *, x="epoch", col="arch", hue="norm", logy=False, title=None):
-    """Mean curve per condition with a 95% band across seeds, one panel per `col` value."""
+def curves(frame, y, *, x="epoch", col="arch", hue="norm", logy=False, title=None, levels=None):
+    """Mean curve per condition with a 95% band across seeds, one panel per `col` value; levels:
+    {panel: value} drawn as a dotted line (the convergence level of steps 2, 4 and 5)."""
     panels = list(dict.fromkeys(frame[col])) if col else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     for ax, panel in zip(axes[0], panels):
@@ -96,6 +97,10 @@ def curves(frame, y, *, x="epoch", col="arch", hue="norm", logy=False, title=Non
         ax.set_xlabel({"epoch": "epoch (passes over the training set)", "step": "step (mini-batches)"}.get(x, x))
         ax.set_ylabel(METRIC_LABELS.get(y, y))
         ax.set_title(ARCH_LABELS.get(panel, panel) if panel is not None else (title or ""))
+        if levels and panel in levels:
+            ax.axhline(levels[panel], color="#444444", ls=":", lw=1.2)
+            ax.annotate("convergence level", (1.0, levels[panel]), xycoords=("axes fraction", "data"),
+                        ha="right", va="bottom", fontsize="small", color="#444444")
         if logy:
             ax.set_yscale("log")
     return _finish(fig, axes[0], 0.93)
@@ -264,4 +269,101 @@ def examples(images, labels, classes, per_row=5):
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# the main comparison (normlib.steps)
+
+MEASURE_LABELS = {
+    "steps_to_level": "steps to the convergence level", "setback": "setback (largest rise, share of progress)",
+    "best_test_loss": "test loss at the best-validation checkpoint", "best_val_loss": "best validation loss",
+}
+
+
+def lr_sensitivity(tuning, selected):
+    """Best validation loss against the learning rate, per network (panels) and condition: mean and 95%
+    band over the tuning seeds, a failed run at chance (ln 10) and marked x; a star at each condition's
+    selected rate. tuning: protocol.tuning_table; selected: {(arch, norm): lr}."""
+    archs = list(dict.fromkeys(tuning["arch"]))
+    fig, axes = plt.subplots(1, len(archs), figsize=(5.4 * len(archs), 3.9), squeeze=False)
+    for ax, arch in zip(axes[0], archs):
+        d = tuning[tuning["arch"] == arch]
+        _band_plot(ax, d, "lr", "best_val_loss", marker="o")
+        _mark_diverged(ax, d, "lr", "best_val_loss", "norm", "failed")
+        for norm, g in d.groupby("norm", sort=False):
+            lr = selected.get((arch, norm))
+            if lr is not None:
+                ax.scatter([lr], [g[g["lr"] == lr]["best_val_loss"].mean()], marker="*", s=220,
+                           color=NORM_COLORS.get(norm, "#333"), edgecolor="black", zorder=6)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("learning rate (peak of the cosine schedule)")
+        ax.set_ylabel("best validation loss (tuning seeds)")
+        ax.set_title(ARCH_LABELS.get(arch, arch))
+    return _finish(fig, axes[0], 0.9)
+
+
+def criteria(measures, names=("steps_to_level", "setback", "best_test_loss")):
+    """The primary measure of each criterion (columns) per network (rows): every run as a dot (a diverged
+    one as x), the mean with its 95% interval as a diamond, per condition."""
+    archs = list(dict.fromkeys(measures["arch"]))
+    fig, axes = plt.subplots(len(archs), len(names), figsize=(4.2 * len(names), 0.9 + 0.55 * 
+                             measures["norm"].nunique() * len(archs)), squeeze=False)
+    for i, arch in enumerate(archs):
+        d = measures[measures["arch"] == arch]
+        norms = list(dict.fromkeys(d["norm"]))
+        for ax, name in zip(axes[i], names):
+            for y, norm in enumerate(norms):
+                g = d[d["norm"] == norm]
+                color = NORM_COLORS.get(norm, "#333")
+                jitter = np.linspace(-0.12, 0.12, len(g)) if len(g) > 1 else np.zeros(len(g))
+                ok = ~g["diverged"].to_numpy(bool)
+                ax.scatter(g[name].to_numpy()[ok], y + jitter[ok], color=color, alpha=0.6, s=18)
+                ax.scatter(g[name].to_numpy()[~ok], y + jitter[~ok], color=color, marker="x", s=40)
+                m, lo, hi = mean_ci(g[name].tolist())
+                if np.isfinite(m):
+                    err = [[m - lo], [hi - m]] if np.isfinite(lo) else None
+                    ax.errorbar(m, y - 0.3, xerr=err, fmt="D", color=color, capsize=3, markersize=6)
+            ax.set_yticks(range(len(norms)), [NORM_LABELS.get(n, n) for n in norms])
+            ax.invert_yaxis()
+            ax.set_title(f"{ARCH_LABELS.get(arch, arch)}: {MEASURE_LABELS.get(name, name)}", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def verdict_intervals(table, names=("steps_to_level", "setback", "best_test_loss")):
+    """The primary comparisons as a forest plot: per measure (panels), each network x pair's difference
+    (first - second) with its Welch 95% interval; filled when the verdict was confirmed on fresh seeds,
+    hollow when it was established but not confirmed, grey when not established."""
+    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 0.8 + 0.42 * len(table) / len(names)),
+                             squeeze=False)
+    short = {"none": "none", "batch": "BN", "layer": "LN"}
+    for ax, name in zip(axes[0], names):
+        d = table[table["measure"] == name].reset_index(drop=True)
+        for y, r in d.iterrows():
+            color = {"confirmed": "#1f77b4", "not confirmed": "#ff7f0e"}.get(r["confirmation"], "#9e9e9e")
+            face = color if r["confirmation"] == "confirmed" else "white"
+            err = [[r["diff"] - r["diff_lo"]], [r["diff_hi"] - r["diff"]]] if np.isfinite(r["diff_lo"]) else None
+            ax.errorbar(r["diff"], y, xerr=err, fmt="o", color=color, mfc=face, capsize=3)
+        ax.axvline(0, color="#444", lw=0.8)
+        ax.set_yticks(range(len(d)), [f"{ARCH_LABELS.get(r['network'], r['network'])}: "
+                                      f"{short.get(r['first'], r['first'])} - {short.get(r['second'], r['second'])}"
+                                      for _, r in d.iterrows()])
+        ax.invert_yaxis()
+        ax.set_title(MEASURE_LABELS.get(name, name), fontsize="small")
+        ax.set_xlabel("difference (first - second), 95% CI")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, mfc=f, label=t) for c, f, t in
+               (("#1f77b4", "#1f77b4", "confirmed on fresh seeds"), ("#ff7f0e", "white", "established, not confirmed"),
+                ("#9e9e9e", "white", "not established"))]
+    fig.legend(handles=handles, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 1.02))
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    return fig
+
+
+def note(text):
+    """A small figure holding only a sentence (where a page's figure has nothing to draw)."""
+    fig, ax = plt.subplots(figsize=(6, 0.8))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
     return fig

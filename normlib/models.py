@@ -16,12 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normlib import kernels
-from normlib.norms import IMPLS, NORM_KINDS, NORMS, make_norm
+from normlib import kernels, params
+from normlib.norms import NORMS, make_norm
 
-ARCHS = ("mlp", "cnn")
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-POSITIONS = ("before", "after")
 
 
 class MaxPool2(nn.Module):
@@ -53,16 +51,10 @@ def build_model(arch="mlp", norm="none", *, impl="custom", activation="relu", no
     """A network with the given normalization in every hidden block.
     init_scale: None keeps PyTorch's default init; a float draws every weight from N(0, init_scale^2)
     with zero biases (the cs231n weight-scale experiment)."""
-    for name, value, options in [("arch", arch, ARCHS), ("norm", norm, NORM_KINDS), ("impl", impl, IMPLS),
-                                 ("activation", activation, ACTIVATIONS), ("norm_position", norm_position, POSITIONS)]:
-        if value not in options:
-            raise ValueError(f"{name} = {value!r}: allowed {', '.join(options)}")
-    for name, widths, count in [("hidden", hidden, None), ("channels", channels, 2)]:  # count None: any > 0
-        if not (isinstance(widths, (tuple, list)) and len(widths) == (count or len(widths)) > 0
-                and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)):
-            raise ValueError(f"{name} = {widths!r}: must be {count or 'one or more'} positive ints")
-    if init_scale is not None and not (isinstance(init_scale, (int, float)) and 0 < init_scale < float("inf")):
-        raise ValueError(f"init_scale = {init_scale!r}: must be None or a positive finite number")
+    for name, value in (("arch", arch), ("norm", norm), ("impl", impl), ("activation", activation),
+                        ("norm_position", norm_position), ("hidden", hidden), ("channels", channels),
+                        ("init_scale", init_scale)):
+        params.check(name, value, where="build_model")  # the rules of normlib.params
 
     def block(i, kind, layer, shape):
         return _block(i, kind, layer, shape, norm, impl, activation, norm_position, init_scale)

@@ -31,8 +31,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from normlib import kernels
+from normlib.params import IMPLS
 
-IMPLS = ("custom", "torch")
 
 
 # ----------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from pathlib import Path
 
 ARCHS = ("mlp", "cnn")
 OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
 IMPLS = ("custom", "torch")
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 NORM_POSITIONS = ("before", "after")  # normalization before or after the activation
@@ -137,6 +139,41 @@ def momentum(v):
     return float(v)
 
 
+def nonneg_float(v):
+    if not (_is_number(v) and v >= 0):
+        raise ValueError("must be a non-negative number")
+    return float(v)
+
+
+def optional(rule, meaning):
+    """None (null in YAML), meaning `meaning`, or a value that passes `rule`."""
+    def check(v):
+        if v is None:
+            return None
+        try:
+            return rule(v)
+        except ValueError as e:
+            raise ValueError(f"{e}, or null ({meaning})") from None
+    return check
+
+
+def widths(count=None):
+    """A list of positive integer widths: `count` of them, or one or more."""
+    def check(v):
+        if not (isinstance(v, (list, tuple)) and len(v) == (count or len(v)) > 0 and all(_is_int(w) and w > 0 for w in v)):
+            raise ValueError(f"must be a list of {count or 'one or more'} positive integers")
+        return list(v)
+    return check
+
+
+def extra_norm_list(v):
+    """Conditions beside none, batch and layer (e.g. [weight, group]); may be empty."""
+    extra = tuple(k for k in norm_kinds() if k not in ("none", "batch", "layer"))
+    if isinstance(v, (list, tuple)) and not v:
+        return []
+    return subset(extra, "extra norm")(v)
+
+
 RULES = {
     "archs": subset(ARCHS, "arch"),
     "arch": choice(ARCHS, "arch"),
@@ -152,9 +189,23 @@ RULES = {
     "evals_per_epoch": positive_int,
     "batch_size": positive_int,
     "batch_sizes": list_of(positive_int, "positive integers"),
-    "lr": positive_float,
+    "lr": optional(positive_float, "where a notebook selects each condition's rate"),
     "lrs": list_of(positive_float, "positive numbers"),
+    "fixed_lr": positive_float,
+    "tuning_seeds": list_of(nonneg_int, "non-negative integers"),
+    "confirm_seeds": list_of(nonneg_int, "non-negative integers"),
+    "confirm_split_seed": positive_int,
+    "extra_norms": extra_norm_list,
     "momentum": momentum,
+    "weight_decay": nonneg_float,
+    "schedule": choice(SCHEDULES, "schedule"),
+    "hidden": widths(),
+    "channels": widths(2),
+    "init_scale": optional(positive_float, "PyTorch's default initialization"),
+    "data_init": boolean,
+    "max_steps": nonneg_int,
+    "seed": nonneg_int,
+    "device": choice(DEVICES, "device"),
     "optimizer": choice(OPTIMIZERS, "optimizer"),
     "impl": choice(IMPLS, "impl"),
     "activation": choice(ACTIVATIONS, "activation"),
@@ -192,6 +243,16 @@ def unknown_name(name, known, what="parameter"):
     return ParameterError(f"unknown {what} {name!r} (known: {', '.join(sorted(known))}){hint}")
 
 
+def check(name, value, where=None):
+    """One value against its rule (RULES[name]): the normalized value, or ParameterError naming it
+    ("parameter 'lr' = -1: must be a positive number", or with where="TrainConfig", "TrainConfig.lr = -1: ...")."""
+    try:
+        return RULES[name](value)
+    except ValueError as e:
+        label = f"{where}.{name}" if where else f"parameter {name!r}"
+        raise ParameterError(f"{label} = {_one_line(value)}: {e}") from None
+
+
 def validate(params: dict, *, known: set | None = None) -> dict:
     """Check `params` against RULES; return a new, normalized dict.
 
@@ -202,14 +263,16 @@ def validate(params: dict, *, known: set | None = None) -> dict:
     for name, value in params.items():
         if known is not None and name not in known:
             raise unknown_name(name, known)
-        rule = RULES.get(name)
-        if rule is None:
-            out[name] = value
-            continue
-        try:
-            out[name] = rule(value)
-        except ValueError as e:
-            raise ParameterError(f"parameter {name!r} = {_one_line(value)}: {e}") from None
+        out[name] = check(name, value) if name in RULES else value
+    sets = {k: out[k] for k in ("seeds", "confirm_seeds", "tuning_seeds") if k in out and out[k] is not None}
+    for a, b in (("seeds", "confirm_seeds"), ("seeds", "tuning_seeds"), ("confirm_seeds", "tuning_seeds")):
+        shared = sorted(set(sets.get(a, ())) & set(sets.get(b, ())))
+        if shared:
+            raise ParameterError(f"parameter {b!r} = {list(sets[b])}: shares seed(s) {shared} with {a!r}; the sets "
+                                 f"must be disjoint (nothing is chosen on the seeds that test it)")
+    if out.get("lr") is None and "fixed_lr" in out and "lrs" in out and out["fixed_lr"] not in out["lrs"]:
+        raise ParameterError(f"parameter 'fixed_lr' = {out['fixed_lr']}: must be one of lrs {out['lrs']} "
+                             f"(its runs are the tuning runs at that rate)")
     train, val = out.get("train_size", 0), out.get("val_size")
     if train + (val or 0) > FASHION_TRAIN:
         if val is None:  # the notebook's default val_size is added to it
@@ -232,3 +295,15 @@ def check_writable(path, name: str) -> Path:
     except OSError as e:
         raise ParameterError(f"{label}: cannot create or write this directory ({e.strerror or e})") from None
     return path
+
+
+def of_notebook(notebook, namespace):
+    """The validated parameters of a notebook: the names its parameters cell declares (notebooks/<notebook>.ipynb,
+    as papermill reads them), taken from `namespace` (the notebook's globals()). One cell replaces a
+    hand-written dict of every name, which could forget one."""
+    import papermill
+
+    from normlib.paths import notebooks_dir
+
+    names = papermill.inspect_notebook(str(notebooks_dir() / f"{notebook}.ipynb"))
+    return validate({name: namespace[name] for name in names})

@@ -151,3 +151,63 @@ def benchmark_table(report):
             for name, r in report["results"].items()]
     return pd.DataFrame(rows)
 
+
+
+def run_values(manifest, notebook):
+    """{parameter: value} a notebook ran with in the run the manifest describes: the values the pipeline
+    injected, and the notebook's declared defaults (its parameters cell, read as literals) for the rest."""
+    import ast
+
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebooks_dir() / f"{notebook}.ipynb"))
+    values = {name: ast.literal_eval(d["default"]) for name, d in declared.items()}
+    entry = (manifest or {}).get("notebooks", {}).get(notebook)
+    return {**values, **(_injected(entry) if entry else {})}
+
+
+def pool_table(manifest):
+    """The workers of the run's pool (manifest["pool"]): one row per worker with its host, CPU, cores and
+    the versions it was checked against; empty when no notebook ran trials in this run."""
+    pool = (manifest or {}).get("pool") or {}
+    rows = [{"worker": name, "host": w.get("host"), "cpu": w.get("cpu"), "cores": w.get("cores"),
+             "CUDA": w.get("cuda"), "torch": w.get("torch"), "kernels": w.get("kernels"),
+             "normlib code": w.get("normlib code")} for name, w in pool.get("workers", {}).items()]
+    return pd.DataFrame(rows)
+
+
+def trials_by_notebook(results=None):
+    """Per notebook of the last run: trials total, read from the cache, trained, and where they trained
+    (the status files the trials of each notebook wrote: results/progress/<notebook>.json)."""
+    rows = []
+    for path in sorted(Path(results or results_dir()).glob("progress/*.json")):
+        try:
+            s = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        rows.append({"notebook": path.stem, "trials": s["total"], "from the cache": s["cached"],
+                     "trained": s["trained"], "trained on": ", ".join(f"{h} ({n})" for h, n in s["hosts"].items()),
+                     "training minutes": round(s["train_seconds"] / 60, 1)})
+    return pd.DataFrame(rows)
+
+
+def benchmark_summary(bench):
+    """The benchmark's results (results/benchmark.json) in one paragraph, or what to run to get them."""
+    if bench is None:
+        return ("No benchmark measurements were found in results/benchmark.json: make benchmark measures them, "
+                "and the next make report shows them here.")
+    m, results = bench["machine"], bench["results"]
+    held = sum(bool(r["holds"]) for r in results.values())
+    text = (f"Measured by benchmarks/bench.py on {m['date']}: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
+            f"with {m['torch_threads']} thread(s), device {m['device']}, 1-minute load average "
+            f"{m['load_average_1min']:.1f} at the start. Each measurement runs both sides in lockstep in one process "
+            f"and reports the ratio of their median step times; {held} of {len(results)} targets hold "
+            f"(benchmarks/README.md says what each line compares).")
+    context = bench.get("context")
+    if context:
+        text += (f" Measured in the same run, for context: PyTorch's own nn.LayerNorm takes "
+                 f"{context['builtin_layer_norm_over_groupnorm']:.2f} times as long as nn.GroupNorm(1, C) on the "
+                 f"CNN-shaped input, and the MLP's matrix products alone, at their own shapes, reach "
+                 f"{context.get('matmuls_only_vs_torchvision', float('nan')):.2f} times the torchvision loop's "
+                 f"throughput, the ceiling of that ratio on this machine.")
+    return text

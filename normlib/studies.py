@@ -20,11 +20,11 @@ import pandas as pd
 from normlib.figures import NORM_LABELS
 from normlib.metrics import format_ci, mean_ci, metric_bounds, trials_table, verdict
 from normlib.params import ParameterError, validate
-from normlib.study import PROTOCOL
 from normlib.train import TrainConfig
 from normlib.trials import trial
 
 NORMS = ("none", "batch", "layer")
+PROTOCOL = dict(optimizer="sgd", lr=0.05, schedule="cosine", momentum=0.9, batch_size=128)  # the studies' default run
 BASE_BATCH = 128  # the batch size at which base_lr is the learning rate
 
 
@@ -52,7 +52,7 @@ def unit_interval(v):
 
 def sweep_configs(norms, name, values, seeds, **fixed):
     """One TrainConfig per (norm, value of the TrainConfig field `name`, seed), on the study protocol
-    (normlib.study.PROTOCOL) with `fixed` overrides."""
+    (PROTOCOL) with `fixed` overrides."""
     return [TrainConfig(**{**PROTOCOL, **fixed, "norm": norm, name: value, "seed": seed})
             for norm in norms for value in values for seed in seeds]
 

@@ -17,9 +17,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_collection_modifyitems(items):
-    """nbval's cells (notebooks/*.ipynb) run real kernels and train: they belong to the slow tier."""
+    """nbval's cells (notebooks/*.ipynb) run real kernels and train, and every test of the quick
+    profile's book needs it built: they belong to the slow tier."""
     for item in items:
-        if item.nodeid.split("::")[0].endswith(".ipynb"):
+        if item.nodeid.split("::")[0].endswith(".ipynb") or "quick_book" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
 
 

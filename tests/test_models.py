@@ -177,7 +177,7 @@ def test_default_init_differs_from_init_scale():
     (dict(arch="cnn", channels=(16, -2)), "channels"),
 ])
 def test_bad_values_raise_value_error_naming_the_parameter(kwargs, name):
-    with pytest.raises(ValueError, match=rf"^{name} = "):
+    with pytest.raises(ValueError, match=rf"^build_model\.{name} = "):
         build_model(**kwargs)
 
 

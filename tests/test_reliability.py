@@ -56,15 +56,19 @@ ALLOWED_NORMS = f"(allowed: {', '.join(NORM_KINDS)})"  # the kinds of the regist
 BAD_REQUESTS = [
     ("unknown parameter", ["--set", "seed=[0]"],
      ["error: --set: unknown parameter 'seed' (known: ", "did you mean 'seeds'"]),
-    ("unknown norm kind", ["--set", "step5_comparison.norms=[batch, instance]"],
-     "error: --set, notebook step5_comparison: parameter 'norms' = ['batch', 'instance']: "
-     f"unknown norm 'instance' {ALLOWED_NORMS}"),
+    ("unknown norm kind", ["--set", "step5_comparison.extra_norms=[weight, instance]"],
+     "error: --set, notebook step5_comparison: parameter 'extra_norms' = ['weight', 'instance']: "
+     "unknown extra norm 'instance' (allowed: weight, group)"),
+    ("overlapping seed sets", ["--set", "step1_bn_training.confirm_seeds=[0, 20]"],
+     ["error: notebook step1_bn_training: parameter 'confirm_seeds' = [0, 20]: shares seed(s) [0] with 'seeds'"]),
+    ("null learning rate where a number is needed", ["--set", "lr=null"],
+     ["error: notebook study_", "parameter 'lr' = None: this notebook needs a value"]),
     ("unknown arch", ["--set", "archs=[mlp, resnet]"],
      "error: --set: parameter 'archs' = ['mlp', 'resnet']: unknown arch 'resnet' (allowed: mlp, cnn)"),
     ("batch size 0", ["--set", "batch_size=0"], "error: --set: parameter 'batch_size' = 0: must be a positive integer"),
     ("batch sizes with 0", ["--set", "batch_sizes=[0, 128]"],
      "error: --set: parameter 'batch_sizes' = [0, 128]: must be a non-empty list of distinct positive integers"),
-    ("negative learning rate", ["--set", "lr=-1"], "error: --set: parameter 'lr' = -1: must be a positive number"),
+    ("negative learning rate", ["--set", "lr=-1"], "error: --set: parameter 'lr' = -1: must be a positive number, or null (where a notebook selects each condition's rate)"),
     ("learning rates with 0", ["--set", "lrs=[0.1, 0]"],
      "error: --set: parameter 'lrs' = [0.1, 0]: must be a non-empty list of distinct positive numbers"),
     ("epochs 0", ["--set", "epochs=0"], "error: --set: parameter 'epochs' = 0: must be a positive integer"),
@@ -88,8 +92,8 @@ BAD_REQUESTS = [
      "error: --set: parameter 'acc_threshold' = 2: must be a number between 0 and 1"),
     ("study parameter of one notebook", ["--set", "study_init_scale.depth=0"],
      "error: --set, notebook study_init_scale: parameter 'depth' = 0: must be a positive integer"),
-    ("unknown parameter of one notebook", ["--set", "step1_bn_training.lrs=[0.1]"],
-     ["error: --set, notebook step1_bn_training: unknown parameter 'lrs' (known: ", "seeds"]),
+    ("unknown parameter of one notebook", ["--set", "step1_bn_training.batch_sizes=[4]"],
+     ["error: --set, notebook step1_bn_training: unknown parameter 'batch_sizes' (known: ", "seeds"]),
     ("unknown notebook", ["--set", "step9_bn.seeds=[0]"], ["error: --set: unknown notebook 'step9_bn' (known: "]),
     ("unknown --only notebook", ["--only", "step1_bn_trainig", "--no-book"],
      ["error: --only: unknown notebook 'step1_bn_trainig'", "did you mean 'step1_bn_training'"]),
@@ -146,14 +150,14 @@ def test_the_command_line_refuses_the_same_way(checkout, tmp_path, case):
 BAD_PROFILES = [
     ("invalid YAML", "params:\n  seeds: [0, 1\n", ["error: profile {path} is not valid YAML at line 3: "]),
     ("unknown key", "description: x\nparameters:\n  seeds: [0]\n",
-     "error: profile {path}: unknown key 'parameters' (allowed: description, params, notebooks, jobs, scheduler)"),
+     "error: profile {path}: unknown key 'parameters' (allowed: description, params, notebooks, jobs, scheduler, main)"),
     ("not a mapping", "- seeds\n",
-     "error: profile {path}: must be a mapping with keys description, params, notebooks, jobs, scheduler"),
-    ("unknown norm in a notebook", "notebooks:\n  step5_comparison:\n    norms: [batch, batchnorm]\n",
-     "error: profile mine, notebook step5_comparison: parameter 'norms' = ['batch', 'batchnorm']: "
-     f"unknown norm 'batchnorm' {ALLOWED_NORMS}"),
+     "error: profile {path}: must be a mapping with keys description, params, notebooks, jobs, scheduler, main"),
+    ("unknown norm in a notebook", "notebooks:\n  step5_comparison:\n    extra_norms: [batchnorm]\n",
+     "error: profile mine, notebook step5_comparison: parameter 'extra_norms' = ['batchnorm']: "
+     "unknown extra norm 'batchnorm' (allowed: weight, group)"),
     ("non-positive learning rate", "params:\n  lr: 0.0\n",
-     "error: profile mine: parameter 'lr' = 0.0: must be a positive number"),
+     "error: profile mine: parameter 'lr' = 0.0: must be a positive number, or null (where a notebook selects each condition's rate)"),
     ("float epochs", "params:\n  mlp_epochs: 1.5\n",
      "error: profile mine: parameter 'mlp_epochs' = 1.5: must be a positive integer"),
 ]
@@ -292,7 +296,7 @@ def test_corrupted_file_is_replaced_from_debian_package(tmp_path):
 
 
 def test_diverged_run_is_recorded_cached_and_reported(tmp_path):
-    from normlib import figures, metrics, study, studies
+    from normlib import figures, metrics, protocol, studies
     from normlib.trials import run_configs
     from normlib.train import TrainConfig
 
@@ -321,9 +325,9 @@ def test_diverged_run_is_recorded_cached_and_reported(tmp_path):
     labels = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else \
         [h.get_label() for ax in fig.axes for h in ax.collections]
     assert any("diverged" in label for label in labels), labels
-    steps = study.steps_frame(hists, keys=("norm", "lr", "seed"))
+    steps = protocol.steps_frame(hists, keys=("norm", "lr", "seed"))
     assert steps[steps["lr"] == 100.0].groupby("seed")["step"].max().tolist() == [h.diverged_step for h in hists[2:]]
-    figures.curves(study.curves_frame(hists), "val_loss")
+    figures.curves(protocol.curves_frame(hists), "val_loss")
 
 
 # ----------------------------------------------------------------------------

@@ -186,8 +186,6 @@ def test_exploratory_table_is_marked_and_unadjusted():
 
 def test_an_outlier_condition_does_not_erase_pairwise_winners():
     t = with_outlier()
-    samples = {c: t.loc[t["norm"] == c, "steps_to_level"].tolist() for c in ("none", "batch", "layer", "weight")}
-    assert metrics.rank_conditions(samples)[0] == "tie"  # the old overlap rule: one wide condition, no winner
     assert verdicts.primary_table(t).equals(verdicts.primary_table(study()))  # the outlier is not in the family
     pairwise = pd.concat([verdicts.primary_table(t), verdicts.exploratory_table(t)])
     pairwise = pairwise[pairwise["measure"] == "steps_to_level"].set_index(["first", "second"])

@@ -116,9 +116,11 @@ def prepare(args):
     check_data()
     environment = environment_digest()
     stamps, reused = {}, {}
-    for n in selected:
+    for n in selected:  # book order: a notebook's prerequisites are stamped before it
         source = nb_dir / f"{n}.ipynb"
-        stamps[n] = stamp(source, to_run[n], environment)
+        inputs = [stamps.get(d) or executed_stamp(book_nb_dir / f"{d}.ipynb")[0] or ""
+                  for d in prerequisites(source, names)]  # what it reads changes its stamp too
+        stamps[n] = stamp(source, to_run[n], environment + "".join(inputs))
         done, when = executed_stamp(book_nb_dir / f"{n}.ipynb")
         if done == stamps[n] and not (args.force or args.rerun or always_execute(source)):
             reused[n] = when

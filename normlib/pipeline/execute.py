@@ -181,8 +181,8 @@ def execute(name, source, dest, failed_dir, parameters, kernel, stamp=None):
             raise fail(f" at In [{raised.exec_count}]: {raised.ename}: {first_line(raised.evalue)}")
         for cell in nb.cells:
             tags = cell.metadata.setdefault("tags", [])
-            if "injected-parameters" in tags and "remove-cell" not in tags:
-                tags.append("remove-cell")  # MyST-NB ignores papermill's report mode
+            if {"injected-parameters", "parameters"} & set(tags) and "remove-cell" not in tags:
+                tags.append("remove-cell")  # the source defaults and papermill's cell: the page shows what ran
         elapsed = (datetime.datetime.now().astimezone() - started).total_seconds()
         nb.metadata["normlab"] = {"stamp": stamp, "executed": started.isoformat(timespec="seconds"),
                                   "seconds": round(elapsed, 1)}

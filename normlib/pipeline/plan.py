@@ -7,6 +7,7 @@ A profile (normlib/profiles/<name>.yaml) is:
     notebooks: {nb: {name: value}}     # one notebook only
     jobs: 2                            # optional: notebooks executed at once (default 1; --jobs)
     scheduler: tcp://host:8786         # optional: the Dask scheduler the trials go to (--scheduler)
+    main: &main {name: value}          # optional: values shared by several notebooks (`nb: *main`)
 
 and --set name=value / --set nb.name=value override it (values are YAML). Every name and value is
 validated (normlib.params) before anything runs.
@@ -21,7 +22,7 @@ from normlib import params as rules
 from normlib.pipeline import PipelineError, first_line
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
-PROFILE_KEYS = ("description", "params", "notebooks", "jobs", "scheduler")
+PROFILE_KEYS = ("description", "params", "notebooks", "jobs", "scheduler", "main")
 
 
 class _Loader(yaml.SafeLoader):
@@ -154,5 +155,9 @@ def plan(profile_name, profile, sets, declared, selected, force=False):
             return {k: v for k, v in values.items() if k in declared[nb]}
         injected = {**mine(profile_glob), **profile_nb.get(nb, {}), **mine(set_glob), **set_nb.get(nb, {}),
                     **mine({"force": True} if force else {})}
-        out[nb] = _check(injected, None, nb)  # cross-parameter checks on the merged values
+        out[nb] = _check(injected, None, f"notebook {nb}")  # cross-parameter checks on the merged values
+        for name, value in injected.items():  # null means "select it" only where the notebook's default is null
+            if value is None and declared[nb][name].strip() != "None":
+                raise PipelineError(f"notebook {nb}: parameter {name!r} = None: this notebook needs a value "
+                                    f"(its default is {declared[nb][name].strip()})")
     return out

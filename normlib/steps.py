@@ -1,0 +1,256 @@
+"""The five steps of the study, one function per kind of page, so that each notebook of steps 1-5 is a
+narrated script of a few calls:
+
+- train_step(notebook, norm, P): steps 1 (batch norm) and 3 (layer norm): tune, select each condition's
+  learning rate, train the primary and confirmation runs, record what ran, glue the curves;
+- analyse_step(source, norm): steps 2 and 4: that norm against no normalization on the three criteria;
+- compare_step(P): step 5: batch norm against layer norm, the whole table of primary verdicts, winners,
+  exploratory conditions.
+
+Every verdict of every page comes from one table, `verdict_table`: the pre-declared family of primary
+comparisons (normlib.verdicts), Holm-adjusted as a whole and confirmed on fresh seeds, computed from the
+same runs wherever it is asked for. Its glued keys are "verdict__{network}__{measure}__{first}__{second}"
+on every page that states a verdict, so a test can check that no two pages disagree.
+"""
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from normlib import figures, metrics, verdicts
+from normlib.norms import NORMS
+from normlib.protocol import (PRIMARY_NORMS, Protocol, curves_frame, read_record, select_lrs, steps_frame,
+                              tuning_table, write_record)
+from normlib.report import glue_figure, glue_html, glue_value, glue_values, table_html
+from normlib.trials import run_configs
+
+NETWORKS = figures.ARCH_LABELS
+
+
+def _label(norm):
+    return NORMS[norm].label if norm in NORMS else norm
+
+
+# ----------------------------------------------------------------------------
+# the runs of a protocol
+
+
+def run_protocol(proto, norms, workers=0, force=False):
+    """Tune, select and train `norms` under `proto`: SimpleNamespace(tuning, lrs, primary, confirm)
+    with the Histories of each set and {(arch, norm): lr}."""
+    tuning = run_configs(proto.tuning(norms), workers=workers, force=force)
+    lrs = select_lrs(tuning, proto) if tuning else {(a, n): proto.lr for a in proto.archs for n in norms}
+    primary = run_configs(proto.runs(norms, lrs, "primary"), workers=workers, force=force)
+    confirm = run_configs(proto.runs(norms, lrs, "confirm"), workers=workers, force=force)
+    return SimpleNamespace(tuning=tuning, lrs=lrs, primary=primary, confirm=confirm)
+
+
+def lr_summary(lrs):
+    """'MLP: no normalization 0.1, batch norm 0.03; CNN: ...'"""
+    by_arch = {}
+    for (arch, norm), lr in lrs.items():
+        by_arch.setdefault(arch, []).append(f"{_label(norm)} {lr:g}")
+    return "; ".join(f"{NETWORKS.get(a, a)}: {', '.join(v)}" for a, v in by_arch.items())
+
+
+def lr_table(runs, proto):
+    """The selected learning rate per network and condition, and its mean best validation loss."""
+    if not runs.tuning:
+        return pd.DataFrame([{"network": NETWORKS[a], "condition": _label(n), "learning rate": f"{lr:g} (set)"}
+                             for (a, n), lr in runs.lrs.items()])
+    t = tuning_table(runs.tuning)
+    rows = []
+    for (arch, norm), lr in runs.lrs.items():
+        g = t[(t["arch"] == arch) & (t["norm"] == norm)]
+        at = g[g["lr"] == lr]["best_val_loss"]
+        rows.append({"network": NETWORKS[arch], "condition": _label(norm), "learning rate": f"{lr:g}",
+                     "best val loss there (mean)": f"{at.mean():.4f}",
+                     "rates tried": ", ".join(f"{x:g}" for x in sorted(g["lr"].unique())),
+                     "failed tuning runs": int(g["failed"].sum())})
+    return pd.DataFrame(rows)
+
+
+def train_step(notebook, norm, P):
+    """Step 1 (norm "batch") or 3 ("layer"): the runs of none and `norm` under the notebook's protocol,
+    recorded for the analysis notebook. Glues: n_trials, n_seeds, n_confirm_seeds, n_tuning_runs,
+    train_minutes, n_diverged, evals_per_epoch, lr_{arch}_{c}, smoothing_window, figures fig_lr,
+    fig_val_loss, fig_train_loss, fig_step_loss. Returns the tables to show (lrs, runs)."""
+    proto = Protocol.from_params(P)
+    norms = ("none", norm)
+    runs = run_protocol(proto, norms, P.get("workers", 0), P.get("force", False))
+    write_record(notebook, proto, norms, runs.lrs)
+    everything = runs.tuning + runs.primary + runs.confirm
+    glue_values({"n_trials": len(everything), "n_seeds": len(proto.seeds), "n_confirm_seeds": len(proto.confirm_seeds),
+                 "n_tuning_runs": len(runs.tuning), "train_minutes": sum(h.wall_time for h in everything) / 60,
+                 "n_diverged": sum(metrics.failed(h) for h in everything), "evals_per_epoch": proto.evals_per_epoch,
+                 "smoothing_window": 20, "lr_summary": lr_summary(runs.lrs),
+                 **{f"lr_{a}_{n}": float(lr) for (a, n), lr in runs.lrs.items()}})
+    glue_figure("fig_lr", figures.lr_sensitivity(tuning_table(runs.tuning), runs.lrs) if runs.tuning
+                else figures.note(f"No tuning: every condition trained at the learning rate {proto.lr:g}."))
+    curves = curves_frame(runs.primary)
+    glue_figure("fig_val_loss", figures.curves(curves, "val_loss"))
+    glue_figure("fig_train_loss", figures.curves(curves, "train_loss"))
+    glue_figure("fig_step_loss", figures.curves(steps_frame(runs.primary, window=20), "smoothed", x="step", logy=True))
+    summary = verdicts.condition_summary(metrics.measures_table(runs.primary), ("best_test_acc", "final_val_loss"))
+    return SimpleNamespace(lrs=lr_table(runs, proto), runs=summary_table(summary), proto=proto, runs_of=runs)
+
+
+# ----------------------------------------------------------------------------
+# the verdicts: one table for every page
+
+
+def verdict_table(proto, norms=PRIMARY_NORMS, workers=0):
+    """The runs of `norms` under `proto` (read from the cache; computed if absent), measured, compared:
+    SimpleNamespace(runs, measures (primary seed set), fresh (confirmation set, at the primary set's
+    convergence levels), levels, summary, table (primary family, Holm, merged with its confirmation),
+    exploratory, robustness (the tuning runs at fixed_lr), correlations)."""
+    runs = run_protocol(proto, norms, workers)
+    primary_norms = [n for n in norms if n in PRIMARY_NORMS]
+    levels = metrics.convergence_levels([h for h in runs.primary if h.config["norm"] in primary_norms])
+    measures = metrics.measures_table(runs.primary, levels)
+    fresh = metrics.measures_table(runs.confirm, levels)
+    primary = verdicts.primary_table(measures[measures["norm"].isin(primary_norms)])
+    confirmation = verdicts.primary_table(fresh[fresh["norm"].isin(primary_norms)])
+    table = verdicts.confirm(primary, confirmation)
+    robustness = None
+    if runs.tuning:
+        at = [h for h in runs.tuning if h.config["lr"] == proto.fixed_lr and h.config["norm"] in primary_norms]
+        robustness = verdicts.comparison_table(metrics.measures_table(at, levels), verdicts.PRIMARY,
+                                               verdicts.PRIMARY_PAIRS, f"fixed rate {proto.fixed_lr:g}", adjust=False)
+    return SimpleNamespace(runs=runs, measures=measures, fresh=fresh, levels=levels, table=table,
+                           summary=verdicts.condition_summary(measures),
+                           exploratory=verdicts.exploratory_table(measures),
+                           robustness=robustness, correlations=verdicts.criterion_correlations(measures))
+
+
+def glue_verdicts(v, pairs=None):
+    """Glue the verdicts of v.table (only `pairs` of it, if given) under the shared keys
+    verdict__{network}__{measure}__{first}__{second} (the confirmed claim, or "not established") and
+    verdicts.glue_values' numbers; the per-condition summary; the levels."""
+    t = v.table if pairs is None else v.table[[(a, b) in pairs for a, b in zip(v.table["first"], v.table["second"])]]
+    glue_values(verdicts.glue_values(t))
+    for r in t.itertuples():
+        glue_value(f"verdict__{r.network}__{r.measure}__{r.first}__{r.second}", str(r.claim))
+    glue_values(verdicts.summary_glue_values(v.summary))
+    glue_values({f"{arch}_level": float(level) for arch, level in v.levels.items()})
+
+
+def findings_html(rows):
+    """The verdicts of rows of v.table as an HTML list, one item per network and criterion: the verdict,
+    the difference with its 95% interval, Holm's p and what the fresh seeds said."""
+    items = []
+    for r in rows.to_dict("records"):
+        m = verdicts.MEASURES[r["measure"]]
+        fresh = {"confirmed": "confirmed on fresh seeds", "not confirmed": "not confirmed on fresh seeds",
+                 "not established": "nothing to confirm"}[r["confirmation"]]
+        items.append(f"<li><b>{NETWORKS.get(r['network'], r['network'])}, {m.criterion}</b> ({m.label}): "
+                     f"{verdicts.reader_line(r)}; {fresh}.</li>")
+    return "<ul>" + "".join(items) + "</ul>"
+
+
+def robustness_table(v, pairs=None):
+    """At the shared rate fixed_lr (tuning seeds, exploratory): does each primary verdict hold there too?"""
+    if v.robustness is None or v.robustness.empty:
+        return pd.DataFrame()
+    r = v.robustness.merge(v.table[["network", "measure", "first", "second", "verdict", "claim"]],
+                           on=["network", "measure", "first", "second"], suffixes=("", "_primary"))
+    if pairs is not None:
+        r = r[[(a, b) in pairs for a, b in zip(r["first"], r["second"])]]
+    out = verdicts.reader_table(r.drop(columns=["verdict_primary", "claim"]))
+    out["at the selected rates"] = [verdicts.short_verdict({"winner": w, "verdict": t}) if c != "not established"
+                                    else "not established" for w, t, c in zip(r["winner"], r["verdict"], r["claim"])]
+    same_sign = np.sign(r["diff"].to_numpy()) == np.sign(v.table.set_index(["network", "measure", "first", "second"])
+                                                         .loc[list(zip(r["network"], r["measure"], r["first"],
+                                                                       r["second"]))]["diff"].to_numpy())
+    out["same direction"] = np.where(same_sign, "yes", "no")
+    return out.drop(columns=["criterion"])
+
+
+def levels_text(levels):
+    """'MLP 0.361, CNN 0.334'"""
+    return ", ".join(f"{NETWORKS.get(a, a)} {level:.3f}" for a, level in levels.items())
+
+
+def summary_table(summary):
+    """condition_summary for the reader: one row per network x condition, one column per measure."""
+    rows = {}
+    for r in summary.itertuples():
+        key = (NETWORKS.get(r.arch, r.arch), _label(r.norm))
+        row = rows.setdefault(key, {"network": key[0], "condition": key[1], "runs": r.n, "diverged": r.diverged})
+        m = verdicts.MEASURES.get(r.measure)
+        text = metrics.format_ci(r.mean, r.lo, r.hi, m.fmt if m else "{:.3f}")
+        if r.measure == "steps_to_level" and r.reached is not None and not pd.isna(r.reached):
+            text += f" ({r.reached} reached)"
+        row[m.label if m else r.measure.replace("_", " ")] = text
+    return pd.DataFrame(list(rows.values()))
+
+
+def analyse_step(source, norm, workers=0):
+    """Step 2 (norm "batch", source "step1_bn_training") or 4 ("layer", "step3_ln_training"): `norm`
+    against no normalization under the protocol the training notebook ran. The primary family needs all
+    three conditions, so the other norm's runs under that protocol are read (or trained) too.
+    Glues the pair's verdicts, the summary, the levels, n_seeds and the figures fig_val_loss, fig_criteria.
+    Returns SimpleNamespace(verdicts (reader's table of this pair), summary, exploratory, robustness, v)."""
+    proto, _ = read_record(source)
+    v = verdict_table(proto, workers=workers)
+    pair = [(norm, "none")]
+    glue_verdicts(v, pair)
+    rows = v.table[(v.table["first"] == norm) & (v.table["second"] == "none")]
+    glue_values({"n_seeds": len(proto.seeds), "n_confirm_seeds": len(proto.confirm_seeds),
+                 "confirm_split_seed": proto.confirm_split_seed, "levels_text": levels_text(v.levels),
+                 "n_confirmed": int((rows["confirmation"] == "confirmed").sum()), "n_comparisons": len(rows)})
+    glue_html("findings", findings_html(rows))
+    mine = [h for h in v.runs.primary if h.config["norm"] in ("none", norm)]
+    glue_figure("fig_val_loss", figures.curves(curves_frame(mine), "val_loss", levels=v.levels))
+    glue_figure("fig_criteria", figures.criteria(v.measures[v.measures["norm"].isin(["none", norm])]))
+    explore = v.exploratory[(v.exploratory["first"].isin([norm, "none"])) & (v.exploratory["second"].isin([norm, "none"]))]
+    return SimpleNamespace(verdicts=verdicts.reader_table(rows),
+                           summary=summary_table(v.summary[v.summary["norm"].isin(["none", norm])]),
+                           exploratory=verdicts.reader_table(explore) if len(explore) else pd.DataFrame(),
+                           robustness=robustness_table(v, pair), v=v)
+
+
+def accuracy_text(summary):
+    """Test accuracy at the best-validation checkpoint per network and condition: 'MLP: no normalization
+    87.10% [86.8%, 87.4%], ...; CNN: ...'."""
+    acc = summary[summary["measure"] == "best_test_acc"]
+    parts = {}
+    for r in acc.itertuples():
+        parts.setdefault(r.arch, []).append(f"{_label(r.norm)} {metrics.format_ci(r.mean, r.lo, r.hi, '{:.2%}')}")
+    return "; ".join(f"{NETWORKS.get(a, a)}: {', '.join(v)}" for a, v in parts.items())
+
+
+def compare_step(P, sources=("step1_bn_training", "step3_ln_training")):
+    """Step 5: the protocol steps 1 and 3 ran (they must agree), every condition on every criterion: the
+    whole primary table with its confirmation, the winners per criterion, batch norm vs layer norm,
+    exploratory conditions (P["extra_norms"], e.g. weight and group norm), robustness at the fixed rate.
+    Glues every verdict (shared keys), headlines (confirmed only), winners, and figures."""
+    protos = [read_record(s)[0] for s in sources]
+    if protos[0] != protos[1]:
+        differ = [k for k, a in protos[0].to_dict().items() if protos[1].to_dict()[k] != a]
+        from normlib.params import ParameterError
+        raise ParameterError(f"steps 1 and 3 ran different protocols ({', '.join(differ)} differ): the comparison "
+                             f"needs one; run both with the same parameters")
+    proto = protos[0]
+    extra = tuple(P.get("extra_norms", ()))
+    v = verdict_table(proto, PRIMARY_NORMS + extra, P.get("workers", 0))
+    glue_verdicts(v)
+    lines = verdicts.headlines(v.table, NETWORKS)
+    won = verdicts.winners(v.table, "confirmed_winner")
+    glue_values({"n_seeds": len(proto.seeds), "n_confirm_seeds": len(proto.confirm_seeds),
+                 "n_primary": len(v.table), "n_established": int(v.table["established"].sum()),
+                 "n_confirmed": int((v.table["confirmation"] == "confirmed").sum()),
+                 "headlines": "\n".join(f"- {line}" for line in lines) or "- none: no primary verdict was confirmed",
+                 **{f"winner__{r.network}__{r.measure}": r.verdict for r in won.itertuples()},
+                 "extra_norms": ", ".join(_label(n) for n in extra) or "none (the full profile adds weight and group norm)"})
+    glue_values({"levels_text": levels_text(v.levels), "accuracy_text": accuracy_text(v.summary)})
+    glue_html("headlines_html", "<ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>" if lines else
+              "<p>No primary verdict was confirmed on the fresh seeds.</p>")
+    glue_html("results_table", table_html(verdicts.reader_table(v.table)))
+    glue_html("findings", findings_html(v.table))
+    glue_figure("fig_val_loss", figures.curves(curves_frame(v.runs.primary), "val_loss", levels=v.levels))
+    glue_figure("fig_criteria", figures.criteria(v.measures))
+    glue_figure("fig_verdicts", figures.verdict_intervals(v.table))
+    return SimpleNamespace(table=verdicts.reader_table(v.table), winners=won, summary=summary_table(v.summary),
+                           exploratory=verdicts.reader_table(v.exploratory) if len(v.exploratory) else pd.DataFrame(),
+                           robustness=robustness_table(v), correlations=v.correlations, v=v)
