@@ -22,6 +22,7 @@ from normlib.norms import NORMS
 from normlib.protocol import (PRIMARY_NORMS, Protocol, curves_frame, read_record, select_lrs, steps_frame,
                               tuning_table, write_record)
 from normlib.report import glue_figure, glue_html, glue_value, glue_values, table_html
+from normlib import trials
 from normlib.trials import run_configs
 
 NETWORKS = figures.ARCH_LABELS
@@ -38,6 +39,8 @@ def _label(norm):
 def run_protocol(proto, norms, workers=0, force=False):
     """Tune, select and train `norms` under `proto`: SimpleNamespace(tuning, lrs, primary, confirm)
     with the Histories of each set and {(arch, norm): lr}."""
+    n_tuning = len(proto.tuning(norms))
+    trials.expect(n_tuning + len(norms) * len(proto.archs) * (len(proto.seeds) + len(proto.confirm_seeds)))
     tuning = run_configs(proto.tuning(norms), workers=workers, force=force)
     lrs = select_lrs(tuning, proto) if tuning else {(a, n): proto.lr for a in proto.archs for n in norms}
     primary = run_configs(proto.runs(norms, lrs, "primary"), workers=workers, force=force)
@@ -221,17 +224,17 @@ def accuracy_text(summary):
 
 
 def compare_step(P, sources=("step1_bn_training", "step3_ln_training")):
-    """Step 5: the protocol steps 1 and 3 ran (they must agree), every condition on every criterion: the
+    """Step 5: under the protocol step 1 ran (step 3's, when it differs, is named in protocol_note), every
+    condition on every criterion: the
     whole primary table with its confirmation, the winners per criterion, batch norm vs layer norm,
     exploratory conditions (P["extra_norms"], e.g. weight and group norm), robustness at the fixed rate.
     Glues every verdict (shared keys), headlines (confirmed only), winners, and figures."""
     protos = [read_record(s)[0] for s in sources]
-    if protos[0] != protos[1]:
-        differ = [k for k, a in protos[0].to_dict().items() if protos[1].to_dict()[k] != a]
-        from normlib.params import ParameterError
-        raise ParameterError(f"steps 1 and 3 ran different protocols ({', '.join(differ)} differ): the comparison "
-                             f"needs one; run both with the same parameters")
-    proto = protos[0]
+    proto = protos[0]  # step 1's protocol: the comparison's, for every condition
+    differ = [k for k, a in protos[0].to_dict().items() if protos[1].to_dict()[k] != a]
+    glue_value("protocol_note", "Steps 1 and 3 ran the same protocol." if not differ else
+               f"Steps 1 and 3 ran different protocols ({', '.join(differ)} differ): this page compares every "
+               f"condition under step 1's, so its layer-norm runs are not step 3's (they are trained here if absent).")
     extra = tuple(P.get("extra_norms", ()))
     v = verdict_table(proto, PRIMARY_NORMS + extra, P.get("workers", 0))
     glue_verdicts(v)
@@ -243,7 +246,11 @@ def compare_step(P, sources=("step1_bn_training", "step3_ln_training")):
                  "headlines": "\n".join(f"- {line}" for line in lines) or "- none: no primary verdict was confirmed",
                  **{f"winner__{r.network}__{r.measure}": r.verdict for r in won.itertuples()},
                  "extra_norms": ", ".join(_label(n) for n in extra) or "none (the full profile adds weight and group norm)"})
-    glue_values({"levels_text": levels_text(v.levels), "accuracy_text": accuracy_text(v.summary)})
+    glue_values({"levels_text": levels_text(v.levels), "accuracy_text": accuracy_text(v.summary),
+                 "budget_text": f"the MLP ({' x '.join(map(str, proto.hidden))}) for {proto.mlp_epochs} epoch(s) and the "
+                                f"CNN ({' and '.join(map(str, proto.channels))} channels) for {proto.cnn_epochs} epoch(s), on "
+                                f"{proto.train_size or '55,000'} training images",
+                 "lr_summary": lr_summary(v.runs.lrs)})
     glue_html("headlines_html", "<ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>" if lines else
               "<p>No primary verdict was confirmed on the fresh seeds.</p>")
     glue_html("results_table", table_html(verdicts.reader_table(v.table)))

@@ -114,6 +114,26 @@ class History:
 
 
 _INIT_LOCK = threading.Lock()  # model construction draws from torch's global generator
+_ALLOCATOR_TUNED = False
+
+
+def keep_freed_buffers():
+    """Once per process: let glibc's malloc keep large freed blocks for reuse instead of returning them to
+    the OS. By default (and much more so under a Dask nanny, which sets MALLOC_TRIM_THRESHOLD_ and so
+    fixes the mmap threshold at 128 KiB) every activation buffer of a training step is mmap'd and
+    unmapped again, and each step pays a page fault per page it touches: a CNN step took 2 to 3 times
+    longer. Harmless elsewhere (no glibc: nothing to do); results are unchanged (allocation only)."""
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return
+    _ALLOCATOR_TUNED = True
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD: blocks below 256 MiB come from the heap
+    libc.mallopt(-1, 512 << 20)  # M_TRIM_THRESHOLD: keep up to 512 MiB of free heap for reuse
 
 
 def seeded_model(config, build):
@@ -164,6 +184,7 @@ def train(config, data=None, *, hooks=(), progress=False, build=None, device=Non
     unchanged; device: where to train, overriding config.device (the runner decides it per executor)."""
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
+    keep_freed_buffers()
     t0 = time.perf_counter()
     device = device or resolve_device(config.device)
     data = data or load_fashion_mnist(val_size=config.val_size, split_seed=config.split_seed,

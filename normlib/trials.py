@@ -277,6 +277,16 @@ def _accept(out, t):
     return Result(hist, out["probe"], out["ran_on"])
 
 
+def expect(n):
+    """Announce n trials that later run_trials calls of this process will ask for (e.g. runs that depend
+    on earlier results), so that the pipeline's progress shows the whole total from the start."""
+    path = os.environ.get("NORMLIB_PROGRESS")
+    if path:
+        s = Progress.state(path)
+        s["expected"] += n
+        s["total"] += n
+
+
 def run_configs(configs, **kwargs):
     """The Histories of run_trials for plain configs."""
     return [r.history for r in run_trials(configs, **kwargs)]
@@ -300,13 +310,18 @@ class Progress:
             self.bar = tqdm(total=total, initial=cached, desc=f"{total} trials ({cached} cached)")
         self.path = os.environ.get("NORMLIB_PROGRESS")
         if self.path:
-            now = time.time()
-            s = self._state.setdefault(self.path, {"total": 0, "cached": 0, "trained": 0, "hosts": {},
-                                                   "train_seconds": 0.0, "started": now})
-            s["total"] += total
+            s = self.state(self.path)
+            taken = min(s["expected"], total)  # trials announced by expect() are in the total already
+            s["expected"] -= taken
+            s["total"] += total - taken
             s["cached"] += cached
             self.last = 0.0
             self._write(force=True)
+
+    @classmethod
+    def state(cls, path):
+        return cls._state.setdefault(path, {"total": 0, "cached": 0, "trained": 0, "hosts": {}, "train_seconds": 0.0,
+                                            "started": time.time(), "expected": 0})
 
     def update(self, n, ran_on):
         if self.bar is not None:
@@ -334,3 +349,43 @@ class Progress:
             self.bar.close()
         if self.path:
             self._write(force=True)
+
+
+# ----------------------------------------------------------------------------
+# the trials of a build, as one archive
+
+
+def export(path, cache=None):
+    """Pack every cached trial (each file holds its trial's configuration, its result and where it ran)
+    into one .tar.gz at `path`, under trials/; returns how many."""
+    import tarfile
+
+    files = sorted(cache_dir(cache).glob("*.json"))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for f in files:
+            tar.add(f, arcname=f"trials/{f.name}")
+    os.replace(tmp, path)
+    return len(files)
+
+
+def main(argv=None):
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m normlib.trials", description="The result cache of the trials.")
+    ap.add_argument("--export", metavar="PATH.tar.gz", required=True,
+                    help="pack every cached trial with its configuration into one archive")
+    args = ap.parse_args(argv)
+    folder = cache_dir()
+    if not folder.is_dir():
+        print(f"error: no trials in {folder}: run the pipeline (make report) first", file=sys.stderr)
+        return 2
+    n = export(args.export)
+    print(f"wrote {n} trials from {folder} to {args.export}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

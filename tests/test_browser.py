@@ -4,7 +4,8 @@ Protocol on a pipe (--remote-debugging-pipe: no websocket library, no driver to 
 The book is the quick profile's, built once per session (conftest.quick_book) and served on
 127.0.0.1. Every page of _toc.yml loads with all its resources, shows no traceback, error or
 stderr output, no unresolved glue and no raw injected-parameters cell; every image is a decoded,
-non-blank picture; the sidebar and the previous/next links lead through the book in _toc.yml order;
+non-blank picture; every table fits the page (or scrolls in its own box) without an index column;
+every figure is numbered; every CSV download link serves its file; the sidebar and the previous/next links lead through the book in _toc.yml order;
 the search page finds pages. A screenshot of the front page is saved as a test artifact
 ($NORMLIB_ARTIFACTS, default results/artifacts/front_page.png).
 """
@@ -183,6 +184,19 @@ PAGE_JS = r"""(() => {
                                        done: i.complete})),
     figures: all('main figure').map(f => ({id: f.id, img: !!f.querySelector('img'), text: f.innerText.slice(0, 200)})),
     sidebar: all('nav.bd-docs-nav a.reference.internal').map(a => a.href),
+    tables: all('main table').map(t => {
+      let a = t.parentElement, scrolls = false;
+      while (a && a !== main) {
+        const o = getComputedStyle(a).overflowX;
+        if (o === 'auto' || o === 'scroll') { scrolls = true; break; }
+        a = a.parentElement;
+      }
+      return {index: t.classList.contains('dataframe') && !!t.querySelector('tbody tr th'),
+              width: t.getBoundingClientRect().width, room: main.getBoundingClientRect().width, scrolls: scrolls,
+              head: (t.querySelector('tr') || {innerText: ''}).innerText.slice(0, 80)};
+    }),
+    downloads: all('main a.download, main a.reference.download').map(a => a.href),
+    captions: all('main figure figcaption').map(c => c.innerText.slice(0, 60)),
   };
 })()"""
 
@@ -327,6 +341,38 @@ def test_every_figure_and_image_is_shown(site, visits):
                 problems.append(f"{page}: image {img['src'][:80]}: {e}")
     report(problems)
     assert n_figures >= len([p for p in pages if "/notebooks/" in p]), f"only {n_figures} figures in the whole book"
+
+
+def test_tables_fit_the_page_and_show_no_index_column(visits):
+    """A reader's table has no pandas index column, and is no wider than the content area unless it
+    scrolls inside its own box."""
+    problems, n_tables = [], 0
+    for page, (info, _) in visits.items():
+        n_tables += len(info["tables"])
+        for t in info["tables"]:
+            if t["index"]:
+                problems.append(f"{page}: a table shows a pandas index column ({t['head']!r})")
+            if t["width"] > t["room"] + 1 and not t["scrolls"]:
+                problems.append(f"{page}: a table {t['width']:.0f}px wide overflows the {t['room']:.0f}px content "
+                                f"area ({t['head']!r})")
+    report(problems)
+    assert n_tables >= 10, f"only {n_tables} tables in the whole book"
+
+
+def test_every_download_link_serves_its_file(site, visits):
+    """Each table's CSV ({download} links) is part of the built book."""
+    base, html, pages = site
+    links = {u: page for page, (info, _) in visits.items() for u in info["downloads"]}
+    assert len(links) >= 5, f"only {len(links)} download links in the book"
+    report([f"{page}: download link to a missing file: {u}" for u, page in links.items()
+            if not local_file(html, u).is_file()])
+    csv = next(u for u in links if u.endswith(".csv"))
+    assert local_file(html, csv).read_text().count("\n") >= 2, f"{csv}: an empty table"
+
+
+def test_figures_are_numbered(visits):
+    report([f"{page}: figure without a number: {c!r}" for page, (info, _) in visits.items()
+            for c in info["captions"] if not c.startswith("Fig")])
 
 
 def test_pages_need_nothing_from_the_internet(site, visits):

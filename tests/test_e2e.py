@@ -101,3 +101,34 @@ def test_nothing_half_done_is_left(run):
     assert not list((root / "book" / "notebooks").glob(".*")), "partial notebooks left behind"
     assert not (run.results / "failed").exists()
     assert not list(run.results.rglob("*.tmp")), "temporary result files left behind"
+
+
+def glued(nb_path):
+    """{key: text/plain value} of every value glued in an executed notebook."""
+    nb = json.loads(nb_path.read_text())
+    out = {}
+    for cell in nb.get("cells", []):
+        for o in cell.get("outputs", []):
+            key = o.get("metadata", {}).get("scrapbook", {}).get("name")
+            if key:
+                data = o.get("data", {})
+                text = data.get("application/papermill.record/text/plain", data.get("text/plain"))
+                out[key] = "".join(text) if isinstance(text, list) else text
+    return out
+
+
+def test_no_two_chapters_state_different_verdicts(run):
+    """Every page that states a primary verdict glues it under the shared key
+    verdict__<network>__<measure>__<first>__<second> (normlib.steps): the same comparison must read the
+    same on every page, and steps 2, 4 and 5 must all state theirs."""
+    seen = {}
+    for name in pbook.toc_notebooks(run.root):
+        for key, value in glued(run.root / "book" / "notebooks" / f"{name}.ipynb").items():
+            if key.startswith("verdict__"):
+                seen.setdefault(key, {})[name] = value
+    assert seen, "no page glued a primary verdict"
+    differ = {k: v for k, v in seen.items() if len(set(v.values())) > 1}
+    assert not differ, f"chapters disagree: {differ}"
+    pages = {page for v in seen.values() for page in v}
+    assert {"step2_bn_analysis", "step4_ln_analysis", "step5_comparison"} <= pages
+    assert all("step5_comparison" in v for v in seen.values())  # step 5 states every one of them

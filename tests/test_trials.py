@@ -311,3 +311,17 @@ def test_one_epoch_mlp_reaches_84_percent_with_every_norm(tmp_path):
         assert h.config["train_size"] == 0 and len(h.step_loss) == 55_000 // 128  # the full training set
         assert not h.diverged
     assert all(a >= 0.84 for a in acc.values()), acc
+
+
+def test_the_trials_of_a_build_export_as_one_archive(tmp_path, baseline, monkeypatch):
+    import tarfile
+    run(CONFIGS[:2], workers=1, cache=tmp_path / "results" / "trials")
+    monkeypatch.setenv("NORMLIB_RESULTS", str(tmp_path / "results"))
+    assert trials.main(["--export", str(tmp_path / "out.tar.gz")]) == 0
+    with tarfile.open(tmp_path / "out.tar.gz") as tar:
+        names = sorted(tar.getnames())
+        first = json.load(tar.extractfile(names[0]))
+    assert names == sorted(f"trials/{trials.trial_key(c)}.json" for c in CONFIGS[:2])
+    assert first["trial"]["config"] in [c.to_dict() for c in CONFIGS[:2]] and "history" in first
+    monkeypatch.setenv("NORMLIB_RESULTS", str(tmp_path / "nothing"))
+    assert trials.main(["--export", str(tmp_path / "none.tar.gz")]) == 2
