@@ -12,6 +12,7 @@ comparisons (normlib.verdicts), Holm-adjusted as a whole and confirmed on fresh 
 same runs wherever it is asked for. Its glued keys are "verdict__{network}__{measure}__{first}__{second}"
 on every page that states a verdict, so a test can check that no two pages disagree.
 """
+import html
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,7 +22,7 @@ from normlib import figures, metrics, verdicts
 from normlib.norms import NORMS
 from normlib.protocol import (PRIMARY_NORMS, Protocol, curves_frame, read_record, select_lrs, steps_frame,
                               tuning_table, write_record)
-from normlib.report import glue_figure, glue_html, glue_value, glue_values, table_html
+from normlib.report import glue_figure, glue_html, glue_value, glue_values
 from normlib import trials
 from normlib.trials import run_configs
 
@@ -48,12 +49,18 @@ def run_protocol(proto, norms, workers=0, force=False):
     return SimpleNamespace(tuning=tuning, lrs=lrs, primary=primary, confirm=confirm)
 
 
-def lr_summary(lrs):
-    """'MLP: no normalization 0.1, batch norm 0.03; CNN: ...'"""
+def lr_summary(lrs, grid=None):
+    """'MLP: no normalization 0.1, batch norm 0.03; CNN: ...', a rate at the edge of the grid marked
+    "(edge of the grid)"."""
     by_arch = {}
     for (arch, norm), lr in lrs.items():
-        by_arch.setdefault(arch, []).append(f"{_label(norm)} {lr:g}")
+        edge = grid and proto_edge(lr, grid)
+        by_arch.setdefault(arch, []).append(f"{_label(norm)} {lr:g}" + (" (edge of the grid)" if edge else ""))
     return "; ".join(f"{NETWORKS.get(a, a)}: {', '.join(v)}" for a, v in by_arch.items())
+
+
+def proto_edge(lr, grid):
+    return len(grid) > 1 and lr in (min(grid), max(grid))
 
 
 def lr_table(runs, proto):
@@ -66,10 +73,12 @@ def lr_table(runs, proto):
     for (arch, norm), lr in runs.lrs.items():
         g = t[(t["arch"] == arch) & (t["norm"] == norm)]
         at = g[g["lr"] == lr]["best_val_loss"]
+        edge = proto_edge(lr, proto.lrs)
         rows.append({"network": NETWORKS[arch], "condition": _label(norm), "learning rate": f"{lr:g}",
                      "best val loss there (mean)": f"{at.mean():.4f}",
                      "rates tried": ", ".join(f"{x:g}" for x in sorted(g["lr"].unique())),
-                     "failed tuning runs": int(g["failed"].sum())})
+                     "failed tuning runs": int(g["failed"].sum()),
+                     "at the grid's edge": "yes: the best rate may lie beyond it" if edge else "no"})
     return pd.DataFrame(rows)
 
 
@@ -86,7 +95,7 @@ def train_step(notebook, norm, P):
     glue_values({"n_trials": len(everything), "n_seeds": len(proto.seeds), "n_confirm_seeds": len(proto.confirm_seeds),
                  "n_tuning_runs": len(runs.tuning), "train_minutes": sum(h.wall_time for h in everything) / 60,
                  "n_diverged": sum(metrics.failed(h) for h in everything), "evals_per_epoch": proto.evals_per_epoch,
-                 "smoothing_window": 20, "lr_summary": lr_summary(runs.lrs),
+                 "smoothing_window": 20, "lr_summary": lr_summary(runs.lrs, None if proto.lr else proto.lrs),
                  **{f"lr_{a}_{n}": float(lr) for (a, n), lr in runs.lrs.items()}})
     glue_figure("fig_lr", figures.lr_sensitivity(tuning_table(runs.tuning), runs.lrs) if runs.tuning
                 else figures.note(f"No tuning: every condition trained at the learning rate {proto.lr:g}."))
@@ -138,6 +147,44 @@ def glue_verdicts(v, pairs=None):
     glue_values({f"{arch}_level": float(level) for arch, level in v.levels.items()})
 
 
+def results_html(table):
+    """The primary verdicts as one compact table (the introduction's): a row per network and criterion,
+    a column per pair, each cell the difference with its 95% interval, the verdict, and whether fresh
+    seeds confirmed it."""
+    pairs = verdicts.PRIMARY_PAIRS
+    head = "".join(f"<th>{html.escape(verdicts.SHORT[a])} vs {html.escape(verdicts.SHORT[b])}</th>" for a, b in pairs)
+    body = []
+    for (network, measure), g in table.groupby(["network", "measure"], sort=False):
+        m = verdicts.MEASURES[measure]
+        cells = []
+        for a, b in pairs:
+            r = g[(g["first"] == a) & (g["second"] == b)]
+            if r.empty:
+                cells.append("<td></td>")
+                continue
+            r = r.iloc[0]
+            ci = metrics.format_ci(r["diff"], r["diff_lo"], r["diff_hi"], verdicts._signed(m))
+            verdict = verdicts.short_verdict(r)
+            status = {"confirmed": "confirmed", "not confirmed": "not confirmed on fresh seeds"}.get(r["confirmation"], "")
+            text = f"<b>{html.escape(verdict)}</b>" if r["confirmation"] == "confirmed" else html.escape(verdict)
+            cells.append(f"<td>{html.escape(ci)}<br>{text}{'<br><i>' + status + '</i>' if status else ''}</td>")
+        label = f"{html.escape(m.criterion)}<br><small>{html.escape(verdicts.SHORT_MEASURES.get(measure, measure))}</small>"
+        body.append(f"<tr><td>{html.escape(NETWORKS.get(network, network))}</td><td>{label}</td>{''.join(cells)}</tr>")
+    return (f'<div class="normlab-table"><table><thead><tr><th>network</th><th>criterion</th>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def protocol_params(proto):
+    """The protocol a page analysed, compactly: parameter and value, two pairs to a row."""
+    shown = {"lr": "selected per condition" if proto.lr is None else proto.lr,
+             "init_scale": "PyTorch's default" if proto.init_scale is None else proto.init_scale}
+    items = [(k, shown.get(k, ", ".join(map(str, v)) if isinstance(v, list) else v)) for k, v in proto.to_dict().items()]
+    half = (len(items) + 1) // 2
+    rows = [{"parameter": a[0], "value": str(a[1]), " parameter": b[0] if b else "", " value": str(b[1]) if b else ""}
+            for a, b in zip(items[:half], items[half:] + [None])]
+    return pd.DataFrame(rows)
+
+
 def findings_html(rows):
     """The verdicts of rows of v.table as an HTML list, one item per network and criterion: the verdict,
     the difference with its 95% interval, Holm's p and what the fresh seeds said."""
@@ -146,8 +193,8 @@ def findings_html(rows):
         m = verdicts.MEASURES[r["measure"]]
         fresh = {"confirmed": "confirmed on fresh seeds", "not confirmed": "not confirmed on fresh seeds",
                  "not established": "nothing to confirm"}[r["confirmation"]]
-        items.append(f"<li><b>{NETWORKS.get(r['network'], r['network'])}, {m.criterion}</b> ({m.label}): "
-                     f"{verdicts.reader_line(r)}; {fresh}.</li>")
+        items.append(f"<li><b>{NETWORKS.get(r['network'], r['network'])}, {m.criterion}</b> ({html.escape(m.label)}): "
+                     f"{html.escape(verdicts.reader_line(r))}; {fresh}.</li>")
     return "<ul>" + "".join(items) + "</ul>"
 
 
@@ -207,7 +254,7 @@ def analyse_step(source, norm, workers=0):
     glue_figure("fig_val_loss", figures.curves(curves_frame(mine), "val_loss", levels=v.levels))
     glue_figure("fig_criteria", figures.criteria(v.measures[v.measures["norm"].isin(["none", norm])]))
     explore = v.exploratory[(v.exploratory["first"].isin([norm, "none"])) & (v.exploratory["second"].isin([norm, "none"]))]
-    return SimpleNamespace(verdicts=verdicts.reader_table(rows),
+    return SimpleNamespace(protocol=protocol_params(proto), verdicts=verdicts.reader_table(rows),
                            summary=summary_table(v.summary[v.summary["norm"].isin(["none", norm])]),
                            exploratory=verdicts.reader_table(explore) if len(explore) else pd.DataFrame(),
                            robustness=robustness_table(v, pair), v=v)
@@ -250,14 +297,15 @@ def compare_step(P, sources=("step1_bn_training", "step3_ln_training")):
                  "budget_text": f"the MLP ({' x '.join(map(str, proto.hidden))}) for {proto.mlp_epochs} epoch(s) and the "
                                 f"CNN ({' and '.join(map(str, proto.channels))} channels) for {proto.cnn_epochs} epoch(s), on "
                                 f"{proto.train_size or '55,000'} training images",
-                 "lr_summary": lr_summary(v.runs.lrs)})
-    glue_html("headlines_html", "<ul>" + "".join(f"<li>{line}</li>" for line in lines) + "</ul>" if lines else
+                 "lr_summary": lr_summary(v.runs.lrs, None if proto.lr else proto.lrs)})
+    glue_html("headlines_html", "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>" if lines else
               "<p>No primary verdict was confirmed on the fresh seeds.</p>")
-    glue_html("results_table", table_html(verdicts.reader_table(v.table)))
+    glue_html("results_table", results_html(v.table))
     glue_html("findings", findings_html(v.table))
     glue_figure("fig_val_loss", figures.curves(curves_frame(v.runs.primary), "val_loss", levels=v.levels))
     glue_figure("fig_criteria", figures.criteria(v.measures))
     glue_figure("fig_verdicts", figures.verdict_intervals(v.table))
-    return SimpleNamespace(table=verdicts.reader_table(v.table), winners=won, summary=summary_table(v.summary),
+    return SimpleNamespace(protocol=protocol_params(proto), table=verdicts.reader_table(v.table),
+                           winners=verdicts.reader_winners(won), summary=summary_table(v.summary),
                            exploratory=verdicts.reader_table(v.exploratory) if len(v.exploratory) else pd.DataFrame(),
                            robustness=robustness_table(v), correlations=v.correlations, v=v)

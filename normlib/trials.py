@@ -162,8 +162,14 @@ def machine():
 
 
 def report():
-    """A worker's environment and machine (run on every worker before the first trial)."""
-    return {"environment": environment(), "machine": machine()}
+    """A worker's environment and machine (run on every worker before the first trial), and how many
+    trials it runs at once (its threads; each trial uses THREADS torch threads)."""
+    try:
+        from distributed import get_worker
+        at_once = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        at_once = 1
+    return {"environment": environment(), "machine": {**machine(), "trials at once": at_once, "torch threads": THREADS}}
 
 
 def differences(expected, found):

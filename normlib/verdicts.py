@@ -392,10 +392,6 @@ def summary_glue_values(summary, prefix=""):
     return out
 
 
-def _p_text(p):
-    return " n/a" if not np.isfinite(p) else " < 0.001" if p < 0.001 else f" = {p:.3f}"
-
-
 def short_verdict(r):
     """ "BN lower" / "not established": the verdict with short condition names."""
     if not r["winner"]:
@@ -403,29 +399,43 @@ def short_verdict(r):
     return SHORT.get(r["winner"], r["winner"]) + r["verdict"][len(LABELS.get(r["winner"], r["winner"])):]
 
 
+SHORT_MEASURES = {"steps_to_level": "steps to the level", "seconds_to_level": "seconds to the level",
+                  "log_loss_auc": "area under the val. curve", "setback": "setback", "failure_rate": "share diverged",
+                  "final_val_loss_sd": "SD of final val. loss", "best_test_loss": "test loss (best checkpoint)",
+                  "best_test_acc": "test accuracy (best checkpoint)", "final_val_loss": "final val. loss"}
+
+
 def reader_table(cmp):
-    """A comparison table for the reader: short headers, formatted strings (show it without the index,
-    e.g. .style.hide(axis="index")). The p column is Holm-adjusted for the primary family and raw
-    ("p = ") for exploratory rows."""
+    """A comparison table for the reader: short headers and names, formatted strings (shown without an
+    index). The p column is Holm-adjusted for the primary family ("Holm p") and raw otherwise ("p")."""
     rows = []
     for r in cmp.to_dict("records"):
         m = MEASURES[r["measure"]]
         adjusted = r["family"] == "primary"
         a, b = SHORT.get(r["first"], r["first"]), SHORT.get(r["second"], r["second"])
-        row = {"network": r["network"], "criterion": r["criterion"], "measure": m.label,
-               "comparison": f"{a} - {b}", "difference [95% CI]": format_ci(r["diff"], r["diff_lo"], r["diff_hi"],
-                                                                            _signed(m)),
-               "p": ("Holm p" if adjusted else "p") + _p_text(r["p_holm"] if adjusted else r["p"]),
-               "verdict": short_verdict(r),
-               "n (diverged)": f"{a} {r['n_first']} ({r['diverged_first']}), {b} {r['n_second']} "
-                               f"({r['diverged_second']})"}
+        p = r["p_holm"] if adjusted else r["p"]
+        row = {"network": str(r["network"]).upper(), "criterion": r["criterion"],
+               "measure": SHORT_MEASURES.get(r["measure"], r["measure"]), "comparison": f"{a} - {b}",
+               "difference [95% CI]": format_ci(r["diff"], r["diff_lo"], r["diff_hi"], _signed(m)),
+               "Holm p" if adjusted else "p": "n/a" if not np.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}",
+               "verdict": short_verdict(r), "n (diverged)": f"{r['n_first']} ({r['diverged_first']}), "
+                                                            f"{r['n_second']} ({r['diverged_second']})"}
         if "confirmation" in r:
             row["fresh seeds"] = r["confirmation"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def reader_winners(won):
+    """verdicts.winners for the reader: network, criterion, measure, winner (or "not established")."""
+    return pd.DataFrame([{"network": str(r["network"]).upper(), "criterion": r["criterion"],
+                          "measure": SHORT_MEASURES.get(r["measure"], r["measure"]), "winner": r["verdict"]}
+                         for r in won.to_dict("records")])
+
+
 def reader_line(r):
     """One comparison as a line: "BN - none: -0.031 [-0.045, -0.017], Holm p = 0.002, BN lower"."""
     t = reader_table(pd.DataFrame([r])).iloc[0]
-    return f"{t['comparison']}: {t['difference [95% CI]']}, {t['p']}, {t['verdict']}"
+    name = "Holm p" if "Holm p" in t else "p"
+    p = t[name] if t[name].startswith(("<", "n/a")) else f"= {t[name]}"
+    return f"{t['comparison']}: {t['difference [95% CI]']}, {name} {p}, {t['verdict']}"

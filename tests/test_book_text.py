@@ -36,3 +36,24 @@ def test_the_check_finds_a_typed_count(tmp_path):
     page = tmp_path / "p.md"
     page.write_text("We ran five seeds and 3 epochs; {glue:text}`n_seeds:d` seeds is fine.")
     assert TYPED.findall(prose(page)) == ["five seeds", "3 epochs"]
+
+
+NOTEBOOKS = sorted(REPO.glob("notebooks/*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebooks_are_narrated_scripts(path):
+    """Logic lives in normlib: no notebook cell defines a function or a class, and no code cell is longer
+    than 12 lines (a parameters cell lists parameters, one per line, and may be longer)."""
+    nb = json.loads(path.read_text())
+    problems = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        if re.search(r"^\s*(def|class)\s", source, re.M):
+            problems.append(f"cell {i} defines a function or class")
+        lines = [line for line in source.splitlines() if line.strip()]
+        if len(lines) > 12 and "parameters" not in cell.get("metadata", {}).get("tags", []):
+            problems.append(f"cell {i} has {len(lines)} lines")
+    assert not problems, f"{path.name}: " + "; ".join(problems)

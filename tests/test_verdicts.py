@@ -270,14 +270,14 @@ def test_glue_values_are_plain_python():
 def test_reader_table_and_line():
     t = verdicts.primary_table(study())
     r = verdicts.reader_table(t)
-    assert list(r.columns) == ["network", "criterion", "measure", "comparison", "difference [95% CI]", "p",
+    assert list(r.columns) == ["network", "criterion", "measure", "comparison", "difference [95% CI]", "Holm p",
                                "verdict", "n (diverged)"]
     row = t[(t["measure"] == "best_test_loss") & (t["first"] == "batch") & (t["second"] == "none")].iloc[0]
     line = verdicts.reader_line(row)
     assert re.fullmatch(r"BN - none: -0\.030 \[-0\.\d{3}, -0\.\d{3}\], Holm p (< 0\.001|= 0\.\d{3}), BN lower", line)
     assert set(r["verdict"]) <= {"BN lower", "LN lower", "none lower", "not established"}
     e = verdicts.reader_table(verdicts.exploratory_table(with_outlier()))
-    assert e["p"].str.match(r"p( = | < | n/a)").all()  # unadjusted, and says so by not saying Holm
+    assert "Holm p" not in e and e["p"].str.match(r"([01]\.\d{3}|< 0\.001|n/a)$").all()  # unadjusted: no Holm
 
 
 # ----------------------------------------------------------------------------

@@ -164,13 +164,18 @@ def execute(name, source, dest, failed_dir, parameters, kernel, stamp=None):
     started = datetime.datetime.now().astimezone()
     try:
         raised = None
-        try:
-            pm.execute_notebook(source, tmp, parameters=parameters, kernel_name=kernel, cwd=source.parent,
-                                progress_bar=False, log_output=False)
-        except pm.PapermillExecutionError as e:
-            raised = e  # the partial notebook was written; its first error output is reported below
-        except Exception as e:  # the kernel died (e.g. out of memory) or did not start
-            raise fail(f": {type(e).__name__}: {first_line(e)}") from None
+        for attempt in (1, 2):
+            try:
+                pm.execute_notebook(source, tmp, parameters=parameters, kernel_name=kernel, cwd=source.parent,
+                                    progress_bar=False, log_output=False)
+                break
+            except pm.PapermillExecutionError as e:
+                raised = e  # the partial notebook was written; its first error output is reported below
+                break
+            except Exception as e:  # the kernel died (e.g. out of memory) or did not start
+                if attempt == 1 and _start_failure(e):
+                    continue  # two kernels picked the same free port at once: start it again
+                raise fail(f": {type(e).__name__}: {first_line(e)}") from None
         nb = nbformat.read(tmp, as_version=4)
         err = _first_error(nb)
         if err is not None:
@@ -191,6 +196,12 @@ def execute(name, source, dest, failed_dir, parameters, kernel, stamp=None):
         failed.unlink(missing_ok=True)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _start_failure(e):
+    """Whether a kernel failed to start (before running any cell), e.g. a port another process took
+    between jupyter_client's choice of it and the kernel's bind: safe to start again."""
+    return "Kernel died before replying to kernel_info" in str(e) or "Address already in use" in str(e)
 
 
 def _execute_in_child(name, source, dest, failed_dir, parameters, kernel, stamp, status_file):
