@@ -325,3 +325,33 @@ def test_the_trials_of_a_build_export_as_one_archive(tmp_path, baseline, monkeyp
     assert first["trial"]["config"] in [c.to_dict() for c in CONFIGS[:2]] and "history" in first
     monkeypatch.setenv("NORMLIB_RESULTS", str(tmp_path / "nothing"))
     assert trials.main(["--export", str(tmp_path / "none.tar.gz")]) == 2
+
+
+def test_a_pool_with_a_gpu_gets_the_auto_trials_with_a_gpu_resource(tmp_path, monkeypatch):
+    """device "auto" resolves to CUDA when the executor offers a GPU (a Dask worker started with
+    --resources GPU=1): the trial is keyed as a CUDA trial (cached apart from the CPU one) and submitted
+    with the GPU resource; an explicit "cpu" trial stays on the CPU."""
+    submitted = []
+
+    class FakeGpuPool:
+        kind = "Dask"
+
+        def cuda(self):
+            return True
+
+        def workers(self, report):
+            return {"tcp://gpu-node:1": trials.report()}
+
+        def map(self, fn, jobs, keys=None, resources=None):
+            for i, job in enumerate(jobs):
+                submitted.append((job["device"], resources[i]))
+                out = fn({**job, "device": "cpu"})  # this machine has no GPU: compute it on the CPU
+                yield i, out
+
+    monkeypatch.setattr(executors, "executor_for", lambda workers, scheduler: FakeGpuPool())
+    auto = TrainConfig(**{**TINY, "device": "auto"})
+    cpu = TrainConfig(**TINY)
+    trials.run_trials([auto, cpu], cache=tmp_path, progress=False)
+    assert submitted == [("cuda", {"GPU": 1}), ("cpu", None)]
+    assert {p.name for p in tmp_path.glob("*.json")} == {f"{trials.trial_key(auto, device='cuda')}.json",
+                                                         f"{trials.trial_key(cpu)}.json"}
