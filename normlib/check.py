@@ -29,6 +29,7 @@ from torch import nn
 from torch.autograd.gradcheck import GradcheckError
 
 from normlib import kernels
+from normlib.figures import ARCH_LABELS, norm_label
 from normlib.metrics import run_metrics
 from normlib.norms import NORMS, make_norm
 
@@ -235,10 +236,6 @@ def implementation_table(kinds=CHECK_KINDS, shapes=((4, 32), (2, 16, 5, 5)), dty
 # ----------------------------------------------------------------------------
 # the implementation-check notebook: display-ready tables and the numbers it glues
 
-def _label(kind):
-    return NORMS[kind].label if kind in NORMS else kind
-
-
 def _format(table):
     """Errors as 1.2e-14, an error that does not apply (a gradient the layer does not have) as ''."""
     return table.map(lambda v: "" if isinstance(v, float) and np.isnan(v) else f"{v:.1e}" if isinstance(v, float) else v)
@@ -251,7 +248,7 @@ def builtin_comparison(shapes, dtypes=("float64", "float32"), kinds=CHECK_KINDS,
     max_abs_error_f64/_f32, float32_eps and f64_agreement (a phrase: below cs231n's 1e-8 or not)."""
     errors = pd.concat([pd.DataFrame(implementation_table(kinds, shapes, dtype=getattr(torch, d), seed=seed))
                         .assign(dtype=d) for d in dtypes], ignore_index=True)
-    errors = errors.assign(layer=errors["layer"].map(_label), kernel=errors["kernel"].map(KERNELS))
+    errors = errors.assign(layer=errors["layer"].map(norm_label), kernel=errors["kernel"].map(KERNELS))
     errors = errors.rename(columns={"kernel": "implementation"})
     worst = errors.pivot_table(index=["layer", "implementation", "quantity"], columns="dtype", values=["abs", "rel"],
                                aggfunc="max", sort=False)
@@ -274,7 +271,7 @@ def gradient_checks(shapes, kinds=CHECK_KINDS):
     """numeric_gradient_errors and gradcheck for every kind, implementation and shape. Returns (table, numbers):
     per layer, implementation and shape the relative error of each gradient and "passed" | "FAILED"
     (display-ready), and max_numeric_rel_error, n_gradchecks and gradcheck_all ("all passed" or which failed)."""
-    rows = [{"layer": _label(kind), "implementation": KERNELS[kernel], "shape": str(tuple(shape)),
+    rows = [{"layer": norm_label(kind), "implementation": KERNELS[kernel], "shape": str(tuple(shape)),
              **numeric_gradient_errors(kind, shape, kernel=kernel),
              "gradcheck": "passed" if passes_gradcheck(kind, shape, kernel=kernel) else "FAILED"}
             for kind in kinds for kernel in kernels_of(kind) for shape in shapes]
@@ -301,7 +298,7 @@ def training_comparison(histories):
         custom, torch0, torch1 = run[kind, "custom", 0], run[kind, "torch", 0], run[kind, "torch", 1]
         m = {name: run_metrics(h) for name, h in (("custom", custom), ("torch", torch0), ("torch 1", torch1))}
         loss, acc = ({name: r[metric] for name, r in m.items()} for metric in ("final_val_loss", "test_acc"))
-        rows.append({"layer": _label(kind), "val loss, custom": loss["custom"], "val loss, torch": loss["torch"],
+        rows.append({"layer": norm_label(kind), "val loss, custom": loss["custom"], "val loss, torch": loss["torch"],
                      "|custom - torch|": abs(loss["custom"] - loss["torch"]),
                      "|seed 0 - seed 1|": abs(loss["torch"] - loss["torch 1"]),
                      "test acc, custom": acc["custom"], "test acc, torch": acc["torch"],
@@ -349,7 +346,6 @@ def timing_comparison(shapes, repeats, threads=1, kinds=CHECK_KINDS):
     threads. Returns (table, numbers): milliseconds and the ratios to torch, "as used" (the C++ kernel
     where there is one, else the pair) and of the pair (display-ready), and time_ratio_{kind}_{net},
     time_ratio_min/_max (as used), pair_ratio_min/_max, timing_repeats, timing_threads."""
-    from normlib.figures import ARCH_LABELS
 
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -369,7 +365,7 @@ def timing_comparison(shapes, repeats, threads=1, kinds=CHECK_KINDS):
                     "pair_ratio_max": float(ms["reference pair / torch"].max()),
                     "timing_repeats": repeats, "timing_threads": threads})
     ms.columns = [f"{c} (ms)" for c in TIMED] + ["as used / torch", "reference pair / torch"]
-    table = ms.rename(index={k: _label(k) for k in kinds}, level="layer").rename(index=ARCH_LABELS, level="at")
+    table = ms.rename(index={k: norm_label(k) for k in kinds}, level="layer").rename(index=ARCH_LABELS, level="at")
     return table.round(3), numbers
 
 

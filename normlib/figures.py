@@ -27,6 +27,11 @@ METRIC_LABELS = {
 }
 
 
+def norm_label(name):
+    """The name a reader sees for a normalization kind or a model variant ("batch norm", "batch + layer norm")."""
+    return NORM_LABELS.get(name, str(name))
+
+
 def set_style():
     """Seaborn theme used by every notebook; white figure background for dark mode."""
     sns.set_theme(context="notebook", style="whitegrid")
@@ -167,7 +172,7 @@ STUDY_LABELS = {
 }
 
 
-def _label(name):
+def _axis_label(name):
     return STUDY_LABELS.get(name, METRIC_LABELS.get(name, name))
 
 
@@ -182,8 +187,8 @@ def panels(frame, x, ys, *, hue="norm", logx=False, logy=(), diverged=None):
             ax.set_xscale("log", base=2 if x == "batch_size" else 10)
         if y in logy:
             ax.set_yscale("log")
-        ax.set_xlabel(_label(x))
-        ax.set_ylabel(_label(y))
+        ax.set_xlabel(_axis_label(x))
+        ax.set_ylabel(_axis_label(y))
     return _finish(fig, axes[0], 0.88)
 
 
@@ -201,7 +206,7 @@ def percentile_traces(frame, *, col="norm"):
         ax.plot(d.index, hi, "--", color=color, lw=1.0)
         ax.plot(d.index, mid, "-", color=color, lw=1.6, label="median")
         ax.set_title(NORM_LABELS.get(panel, panel))
-        ax.set_xlabel(_label("step"))
+        ax.set_xlabel(_axis_label("step"))
     axes[0][0].set_ylabel("input to the sigmoid")
     axes[0][0].legend(loc="best", fontsize="small")
     fig.tight_layout()
@@ -222,8 +227,8 @@ def points(frame, x, y, *, hue="norm", col=None, order=None, logy=False):
         dodge = 0.8 - 0.8 / len(hues) if len(hues) > 1 and hue != x else False  # centred on the strips' columns
         sns.pointplot(**kw, dodge=dodge, errorbar=lambda v: mean_ci(v, bounds=metric_bounds(y))[1:],
                       linestyle="none", capsize=0.1, marker="D")  # the tables' Student-t interval
-        ax.set_xlabel(_label(x))
-        ax.set_ylabel(_label(y))
+        ax.set_xlabel(_axis_label(x))
+        ax.set_ylabel(_axis_label(y))
         ax.set_title(str(panel) if panel is not None else "")
         if logy:
             ax.set_yscale("log")
@@ -281,7 +286,7 @@ MEASURE_LABELS = {
 }
 
 
-def lr_sensitivity(tuning, selected):
+def lr_curves(tuning, selected):
     """Best validation loss against the learning rate, per network (panels) and condition: mean and 95%
     band over the tuning seeds, a failed run at chance (ln 10) and marked x; a star at each condition's
     selected rate. tuning: protocol.tuning_table; selected: {(arch, norm): lr}."""

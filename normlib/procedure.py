@@ -23,7 +23,7 @@ def class_counts(splits):
     return counts.rename_axis("class").reset_index()
 
 
-def measures_table():
+def measure_definitions():
     """The measures of the main comparison: criterion, measure, primary or secondary, which is better."""
     return pd.DataFrame([{"criterion": m.criterion, "measure": m.label,
                           "role": "primary" if name in verdicts.PRIMARY else "secondary (exploratory)",
@@ -81,7 +81,7 @@ def page(P):
     glue_values({f"{name.replace('-', '_')}_version": v for name, v in versions.items()})
     glue_values({("os_name" if k == "os" else k): v for k, v in machine.items()})
     software = pd.DataFrame([{"what": k, "value": v} for k, v in {**versions, **machine}.items()])
-    return SimpleNamespace(counts=counts, protocol=protocol_table(proto), measures=measures_table(),
+    return SimpleNamespace(counts=counts, protocol=protocol_table(proto), measures=measure_definitions(),
                            parameters=provenance.notebook_parameters(manifest), workers=provenance.pool_table(manifest),
                            software=software)
 

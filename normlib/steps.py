@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 
 from normlib import figures, metrics, verdicts
-from normlib.norms import NORMS
 from normlib.protocol import (PRIMARY_NORMS, Protocol, curves_frame, read_record, select_lrs, steps_frame,
                               tuning_table, write_record)
 from normlib.report import glue_figure, glue_html, glue_value, glue_values
@@ -27,10 +26,6 @@ from normlib import trials
 from normlib.trials import run_configs
 
 NETWORKS = figures.ARCH_LABELS
-
-
-def _label(norm):
-    return NORMS[norm].label if norm in NORMS else norm
 
 
 # ----------------------------------------------------------------------------
@@ -55,7 +50,7 @@ def lr_summary(lrs, grid=None):
     by_arch = {}
     for (arch, norm), lr in lrs.items():
         edge = grid and proto_edge(lr, grid)
-        by_arch.setdefault(arch, []).append(f"{_label(norm)} {lr:g}" + (" (edge of the grid)" if edge else ""))
+        by_arch.setdefault(arch, []).append(f"{figures.norm_label(norm)} {lr:g}" + (" (edge of the grid)" if edge else ""))
     return "; ".join(f"{NETWORKS.get(a, a)}: {', '.join(v)}" for a, v in by_arch.items())
 
 
@@ -66,7 +61,7 @@ def proto_edge(lr, grid):
 def lr_table(runs, proto):
     """The selected learning rate per network and condition, and its mean best validation loss."""
     if not runs.tuning:
-        return pd.DataFrame([{"network": NETWORKS[a], "condition": _label(n), "learning rate": f"{lr:g} (set)"}
+        return pd.DataFrame([{"network": NETWORKS[a], "condition": figures.norm_label(n), "learning rate": f"{lr:g} (set)"}
                              for (a, n), lr in runs.lrs.items()])
     t = tuning_table(runs.tuning)
     rows = []
@@ -74,7 +69,7 @@ def lr_table(runs, proto):
         g = t[(t["arch"] == arch) & (t["norm"] == norm)]
         at = g[g["lr"] == lr]["best_val_loss"]
         edge = proto_edge(lr, proto.lrs)
-        rows.append({"network": NETWORKS[arch], "condition": _label(norm), "learning rate": f"{lr:g}",
+        rows.append({"network": NETWORKS[arch], "condition": figures.norm_label(norm), "learning rate": f"{lr:g}",
                      "best val loss there (mean)": f"{at.mean():.4f}",
                      "rates tried": ", ".join(f"{x:g}" for x in sorted(g["lr"].unique())),
                      "failed tuning runs": int(g["failed"].sum()),
@@ -97,7 +92,7 @@ def train_step(notebook, norm, P):
                  "n_diverged": sum(metrics.failed(h) for h in everything), "evals_per_epoch": proto.evals_per_epoch,
                  "smoothing_window": 20, "lr_summary": lr_summary(runs.lrs, None if proto.lr else proto.lrs),
                  **{f"lr_{a}_{n}": float(lr) for (a, n), lr in runs.lrs.items()}})
-    glue_figure("fig_lr", figures.lr_sensitivity(tuning_table(runs.tuning), runs.lrs) if runs.tuning
+    glue_figure("fig_lr", figures.lr_curves(tuning_table(runs.tuning), runs.lrs) if runs.tuning
                 else figures.note(f"No tuning: every condition trained at the learning rate {proto.lr:g}."))
     curves = curves_frame(runs.primary)
     glue_figure("fig_val_loss", figures.curves(curves, "val_loss"))
@@ -138,12 +133,12 @@ def verdict_table(proto, norms=PRIMARY_NORMS, workers=0):
 def glue_verdicts(v, pairs=None):
     """Glue the verdicts of v.table (only `pairs` of it, if given) under the shared keys
     verdict__{network}__{measure}__{first}__{second} (the confirmed claim, or "not established") and
-    verdicts.glue_values' numbers; the per-condition summary; the levels."""
+    verdicts.values_to_glue's numbers; the per-condition summary; the levels."""
     t = v.table if pairs is None else v.table[[(a, b) in pairs for a, b in zip(v.table["first"], v.table["second"])]]
-    glue_values(verdicts.glue_values(t))
+    glue_values(verdicts.values_to_glue(t))
     for r in t.itertuples():
         glue_value(f"verdict__{r.network}__{r.measure}__{r.first}__{r.second}", str(r.claim))
-    glue_values(verdicts.summary_glue_values(v.summary))
+    glue_values(verdicts.summary_values_to_glue(v.summary))
     glue_values({f"{arch}_level": float(level) for arch, level in v.levels.items()})
 
 
@@ -225,7 +220,7 @@ def summary_table(summary):
     """condition_summary for the reader: one row per network x condition, one column per measure."""
     rows = {}
     for r in summary.itertuples():
-        key = (NETWORKS.get(r.arch, r.arch), _label(r.norm))
+        key = (NETWORKS.get(r.arch, r.arch), figures.norm_label(r.norm))
         row = rows.setdefault(key, {"network": key[0], "condition": key[1], "runs": r.n, "diverged": r.diverged})
         m = verdicts.MEASURES.get(r.measure)
         text = metrics.format_ci(r.mean, r.lo, r.hi, m.fmt if m else "{:.3f}")
@@ -266,7 +261,7 @@ def accuracy_text(summary):
     acc = summary[summary["measure"] == "best_test_acc"]
     parts = {}
     for r in acc.itertuples():
-        parts.setdefault(r.arch, []).append(f"{_label(r.norm)} {metrics.format_ci(r.mean, r.lo, r.hi, '{:.2%}')}")
+        parts.setdefault(r.arch, []).append(f"{figures.norm_label(r.norm)} {metrics.format_ci(r.mean, r.lo, r.hi, '{:.2%}')}")
     return "; ".join(f"{NETWORKS.get(a, a)}: {', '.join(v)}" for a, v in parts.items())
 
 
@@ -292,7 +287,7 @@ def compare_step(P, sources=("step1_bn_training", "step3_ln_training")):
                  "n_confirmed": int((v.table["confirmation"] == "confirmed").sum()),
                  "headlines": "\n".join(f"- {line}" for line in lines) or "- none: no primary verdict was confirmed",
                  **{f"winner__{r.network}__{r.measure}": r.verdict for r in won.itertuples()},
-                 "extra_norms": ", ".join(_label(n) for n in extra) or "none (the full profile adds weight and group norm)"})
+                 "extra_norms": ", ".join(figures.norm_label(n) for n in extra) or "none (the full profile adds weight and group norm)"})
     glue_values({"levels_text": levels_text(v.levels), "accuracy_text": accuracy_text(v.summary),
                  "budget_text": f"the MLP ({' x '.join(map(str, proto.hidden))}) for {proto.mlp_epochs} epoch(s) and the "
                                 f"CNN ({' and '.join(map(str, proto.channels))} channels) for {proto.cnn_epochs} epoch(s), on "

@@ -356,7 +356,7 @@ def _plain(v):
     return v
 
 
-def glue_values(cmp, prefix=""):
+def values_to_glue(cmp, prefix=""):
     """Plain Python values (float, int, str, bool) of a comparison table for myst-nb glue, per row:
     {prefix}{network}_{measure}_{first}_vs_{second}_ + diff, diff_lo, diff_hi, ci ("-0.031 [-0.045, -0.017]"),
     p, p_holm, n_{c}, diverged_{c}, verdict ("batch norm lower" | "not established"), and, for a merged
@@ -378,7 +378,7 @@ def glue_values(cmp, prefix=""):
     return {k: _plain(v) for k, v in out.items()}
 
 
-def summary_glue_values(summary, prefix=""):
+def summary_values_to_glue(summary, prefix=""):
     """Plain Python values of a condition_summary for glue: {prefix}{arch}_{measure}_{norm} ("mean [lo, hi]"
     in the measure's format), and _mean (float), _n, _diverged and, for steps, _reached (int)."""
     out = {}

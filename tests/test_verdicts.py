@@ -258,7 +258,7 @@ def test_headlines_only_from_confirmed_verdicts():
 
 def test_glue_values_are_plain_python():
     c = verdicts.confirm(verdicts.primary_table(study()), verdicts.primary_table(fresh()))
-    g = verdicts.glue_values(c)
+    g = verdicts.values_to_glue(c)
     assert all(type(v) in (float, int, str, bool) for v in g.values())
     base = "mlp_steps_to_level_batch_vs_none_"
     assert g[base + "verdict"] == "batch norm lower" and g[base + "confirmation"] == "confirmed"
@@ -314,9 +314,9 @@ def test_confirm_runs_needs_fresh_seeds_and_another_split():
         verdicts.confirm_runs(first, again.assign(level=0.6))
 
 
-def test_summary_glue_values():
+def test_summary_values_to_glue():
     t = pd.concat([study(), pd.DataFrame(runs("mlp", "weight", diverged=(1,)))])
-    g = verdicts.summary_glue_values(verdicts.condition_summary(t))
+    g = verdicts.summary_values_to_glue(verdicts.condition_summary(t))
     assert all(type(v) in (float, int, str) for v in g.values())
     assert g["mlp_steps_to_level_batch"].startswith("400 [") and g["mlp_steps_to_level_batch_reached"] == 5
     assert (g["mlp_best_test_loss_weight_n"], g["mlp_best_test_loss_weight_diverged"]) == (5, 1)

@@ -88,7 +88,7 @@ def select(args, names, book_nb_dir):
     return [n for n in names if n in wanted]
 
 
-def prepare(args):
+def plan_run(args):
     """Validate the whole request; return everything needed to run it (a namespace).
 
     Writes nothing but the directories it checks and, when they are missing, the verified data files.
@@ -187,8 +187,8 @@ def build_kernels():
         print(f"built normlib's C++ kernels in {time.perf_counter() - t0:.0f} s (once per source version)", flush=True)
 
 
-def run(args):
-    r = prepare(args)
+def run_request(args):
+    r = plan_run(args)
     try:
         build_kernels()  # once, before the pool's workers load them
         kernel = ensure_kernel()
@@ -235,7 +235,7 @@ def main(argv=None):
         if args.readme_figure:
             print(f"wrote {export_readme_figure(Path(args.root).resolve())}")
         else:
-            run(args)
+            run_request(args)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return e.code
