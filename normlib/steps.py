@@ -300,6 +300,8 @@ def compare_step(P, sources=("step1_bn_training", "step3_ln_training")):
     glue_figure("fig_val_loss", figures.curves(curves_frame(v.runs.primary), "val_loss", levels=v.levels))
     glue_figure("fig_criteria", figures.criteria(v.measures))
     glue_figure("fig_verdicts", figures.verdict_intervals(v.table))
+    glue_figure("fig_lr", figures.lr_curves(tuning_table(v.runs.tuning), v.runs.lrs) if v.runs.tuning
+                else figures.note(f"No tuning: every condition trained at the learning rate {proto.lr:g}."))
     return SimpleNamespace(protocol=protocol_params(proto), table=verdicts.reader_table(v.table),
                            winners=verdicts.reader_winners(won), summary=summary_table(v.summary),
                            exploratory=verdicts.reader_table(v.exploratory) if len(v.exploratory) else pd.DataFrame(),
