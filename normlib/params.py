@@ -133,6 +133,12 @@ def fraction(v):
     return float(v)
 
 
+def dropout(v):
+    if not (_is_number(v) and 0 <= v < 1):
+        raise ValueError("must be a number in [0, 1) (0: no dropout)")
+    return float(v)
+
+
 def momentum(v):
     if not (_is_number(v) and 0 <= v < 1):
         raise ValueError("must be a number in [0, 1)")
@@ -202,6 +208,8 @@ RULES = {
     "hidden": widths(),
     "channels": widths(2),
     "init_scale": optional(positive_float, "PyTorch's default initialization"),
+    "norm_eps": positive_float,
+    "dropout": dropout,
     "data_init": boolean,
     "max_steps": nonneg_int,
     "seed": nonneg_int,
