@@ -278,6 +278,17 @@ def test_after_must_name_an_earlier_notebook(book, capsys, monkeypatch):
     assert "alpha.ipynb: metadata normlab.after names 'beta', which is not a notebook before it in _toc.yml" in err[0]
 
 
+def test_only_some_notebooks_run_without_the_prerequisites_that_ran_before(book):
+    """--only beta, whose metadata names alpha: alpha ran before (its results are there), so the run of beta
+    alone waits for nothing; the whole book still checks the order."""
+    _after(book, "beta", ["alpha"])
+    source = book / "notebooks" / "beta.ipynb"
+    assert execute.prerequisites(source, ["beta"], strict=False) == []
+    assert execute.prerequisites(source, ["alpha", "beta"], strict=False) == ["alpha"]
+    with pytest.raises(PipelineError, match="names 'alpha', which is not a notebook before it"):
+        execute.prerequisites(source, ["beta"])
+
+
 @pytest.mark.slow
 def test_a_failure_with_two_jobs_stops_the_rest_and_names_the_cell(book):
     _after(book, "beta", ["alpha"])  # alpha fails: beta must not start
