@@ -327,15 +327,16 @@ def batch_size_page(P):
 
 def learning_rate_configs(P):
     """(configs, protocol, n shared): the tuning configs of steps 1 and 3 (their records' protocols,
-    Protocol.config) for none, batch and layer norm on P["arch"], at the grid's rates and the extra ones
-    (extra_lrs), on the tuning seeds and the extra ones (extra_seeds)."""
+    Protocol.config) for none, batch and layer norm on P["arch"], at the grid's rates on the tuning seeds,
+    and at the extra rates (extra_lrs) on the tuning seeds and the extra seeds (extra_seeds: the test of
+    higher rates is decided there)."""
     from normlib.protocol import read_record
     protos = {n: read_record(source)[0] for n, source in (("batch", "step1_bn_training"), ("layer", "step3_ln_training"))}
     proto = protos["batch"]
     grid = sorted(set(proto.lrs) | set(P["extra_lrs"]))
-    seeds = list(dict.fromkeys([*proto.tuning_seeds, *P["extra_seeds"]]))
+    seeds = lambda lr: list(dict.fromkeys([*proto.tuning_seeds, *(P["extra_seeds"] if lr not in proto.lrs else [])]))  # noqa: E731
     configs = [protos.get(norm, proto).config(P["arch"], norm, lr, seed) for norm in NORMS for lr in grid
-               for seed in seeds]
+               for seed in seeds(lr)]
     tuned = {c for norm, p in (("none", proto), ("batch", proto), ("layer", protos["layer"]))
              for c in p.tuning([norm]) if c.arch == P["arch"]}
     return configs, proto, sum(c in tuned for c in configs)
@@ -408,7 +409,9 @@ def learning_rate_page(P):
     fam = learning_rate_family(table, P["extra_lrs"])
     glue_family(fam)
     glue_values({**learning_rate_findings(table, P["lr_margin"]), "n_trials": len(results), "n_shared": shared,
-                 "n_seeds": int(table.groupby(["norm", "lr"]).size().min()), "lr_steps": int(table["steps"].max()),
+                 "n_seeds": int(table.groupby(["norm", "lr"]).size().min()),
+                 "n_seeds_extra": int(table[table["lr"].isin(P["extra_lrs"])].groupby(["norm", "lr"]).size().min()),
+                 "lr_steps": int(table["steps"].max()),
                  "lr_grid": list_text(sorted(table["lr"].unique())), "lr_extra": list_text(sorted(P["extra_lrs"])),
                  "lr_threshold": points(P["acc_threshold"], False), "lr_margin": margin_text(P["lr_margin"]),
                  "lr_runs": _runs_text(results), "lr_batch_size": proto.batch_size,
@@ -466,9 +469,10 @@ def init_scale_table(results):
 
 
 def init_scale_family(table, threshold, default_eps):
-    """Per norm and scale: is the mean best validation accuracy established above (trains) or below (fails)
-    `threshold` (one-sample t-tests); and per normalization at each small scale with a smaller epsilon: does it
-    change the accuracy (Welch). One family, Holm over all of it."""
+    """Two families, each Holm-adjusted over itself: which scales train (per norm and scale, is the mean
+    best validation accuracy established above `threshold`, trains, or below it, fails: one-sample
+    t-tests); and the epsilon (per normalization at each small scale run with a smaller epsilon, does it
+    raise the accuracy: Welch)."""
     rows = []
     main = table[table["eps"] == default_eps]
     for (norm, scale), g in main.groupby(["norm", "init_scale"], sort=True):
@@ -481,12 +485,13 @@ def init_scale_family(table, threshold, default_eps):
                      "kind": "difference", "estimate": est - threshold, "lo": lo - threshold, "hi": hi - threshold,
                      "p": p, "n": f"{len(x)} runs", "n_min": len(x), "predicted": 1, "unit": "points",
                      "margin": math.nan, "hedges_g": math.nan, "names": ("", "")})
+    eps_rows = []
     for (norm, scale, eps), g in table[table["eps"] != default_eps].groupby(["norm", "init_scale", "eps"]):
         ref = main[(main["norm"] == norm) & (main["init_scale"] == scale)]["best_val_acc"]
-        rows.append(difference(f"init_eps_{norm}_{_scale_key(scale)}_{_scale_key(eps)}",
-                               f"{_label(norm)} at scale {scale:g}: epsilon {eps:g} instead of {default_eps:g} "
-                               "raises the best validation accuracy", g["best_val_acc"], ref))
-    return family(rows)
+        eps_rows.append(difference(f"init_eps_{norm}_{_scale_key(scale)}_{_scale_key(eps)}",
+                                   f"{_label(norm)} at scale {scale:g}: epsilon {eps:g} instead of {default_eps:g} "
+                                   "raises the best validation accuracy", g["best_val_acc"], ref))
+    return pd.concat([family(rows), family(eps_rows)], ignore_index=True)
 
 
 def _scale_key(v):
@@ -520,18 +525,26 @@ def init_scale_page(P):
               "init_depth": P["depth"], "init_threshold": points(P["acc_threshold"], False),
               "init_runs": _runs_text(results), "init_n_scales": len(P["init_scales"]), "init_eps0": eps0,
               "init_eps_values": list_text([e for e in P["eps_values"] if e != eps0]),
-              "init_steps": int(max(len(r.history.step_loss) for r in results))}
+              "init_steps": int(max(len(r.history.step_loss) for r in results)),
+              "init_n_eps_tests": int(fam["key"].str.startswith("init_eps_").sum()),
+              "init_n_scale_tests": int((~fam["key"].str.startswith("init_eps_")).sum())}
     for n in NORMS:
         for end, s in (("small", small), ("large", large)):
             values[f"init_acc_{n}_{end}"] = level_text(at(n, s, "best_val_acc"))
             values[f"init_step_{n}_{end}"] = level_text(at(n, s, "effective_step"), "ratio")
             values[f"init_growth_{n}_{end}"] = level_text(at(n, s, "weight_growth"), "ratio")
             values[f"init_kept_{n}_{end}"] = level_text(at(n, s, "signal_kept_deep"), "ratio")
+        means = main[main["norm"] == n].groupby("init_scale")["best_val_acc"].mean()
+        best = float(means.idxmax())
+        values[f"init_best_scale_{n}"] = best
+        values[f"init_step_{n}_best"] = level_text(at(n, best, "effective_step"), "ratio")
+    other = [e for e in P["eps_values"] if e != eps0]
     for n in ("batch", "layer"):
-        for e in P["eps_values"]:
-            if e != eps0:
-                values[f"init_acc_{n}_small_eps"] = level_text(at(n, small, "best_val_acc", e))
-                values[f"init_kept_{n}_small_eps"] = level_text(at(n, small, "signal_kept_deep", e), "ratio")
+        e = other[0] if other else eps0
+        values[f"init_acc_{n}_small_eps"] = level_text(at(n, small, "best_val_acc", e))
+        values[f"init_kept_{n}_small_eps"] = level_text(at(n, small, "signal_kept_deep", e), "ratio")
+        row = fam[fam["key"] == f"init_eps_{n}_{_scale_key(small)}_{_scale_key(e)}"]
+        values[f"init_eps_{n}"] = row["text"].iloc[0] if len(row) else "not tested (no other epsilon in eps_values)"
     glue_values(values)
     glue_figure("fig_init_scale", figures.panels(main, "init_scale", ["best_val_acc", "final_train_loss"], logx=True,
                                                  logy=("final_train_loss",), diverged="diverged"))
@@ -840,12 +853,16 @@ def batch_claim_rows(table):
 
 
 def claim_words(fam, prefix, cases, yes, no):
-    """One sentence over the rows whose key starts with prefix: the cases (key suffix -> words) supported
-    and contradicted."""
+    """One sentence over the rows whose key starts with prefix: the cases (key suffix -> words) supported,
+    contradicted and not established, e.g. "supported for A; not established for B"."""
     got = {r.key[len(prefix):]: r.verdict for r in fam.itertuples() if r.key.startswith(prefix)}
     sup = [w for k, w in cases.items() if got.get(k) == "supported"]
     con = [w for k, w in cases.items() if got.get(k) == "contradicted"]
-    return outcome(sup, con, yes, no)
+    rest = [w for k, w in cases.items() if k in got and got[k] == "not established"]
+    if not (sup or con):
+        return "not established for any case: no difference is established by these seeds"
+    parts = ([f"{yes} {list_text(sup, '{}')}"] if sup else []) + ([f"{no} {list_text(con, '{}')}"] if con else [])
+    return "; ".join(parts + ([f"not established for {list_text(rest, '{}')}"] if rest else []))
 
 
 def claims_page(P):
@@ -943,6 +960,20 @@ def regularization_family(table):
     return family(rows)
 
 
+def regularization_words(fam, norm):
+    """'validation error lowered by dropout (not established for weight decay); gap narrowed by ...'."""
+    got = dict(zip(fam["key"], fam["verdict"]))
+    parts = []
+    for m, verb, noun in (("error", "lowered", "validation error"), ("gap", "narrowed", "generalization gap")):
+        by = {v: [r for r in REGULARIZERS[1:] if got.get(f"reg_{norm}_{r.replace(' ', '_')}_{m}") == v]
+              for v in ("supported", "contradicted", "not established")}
+        text = f"{noun} {verb} by {list_text(by['supported'], '{}')}" if by["supported"] else f"{noun}: no regularizer is established to help"
+        if by["contradicted"]:
+            text += f", made worse by {list_text(by['contradicted'], '{}')}"
+        parts.append(text)
+    return "; ".join(parts)
+
+
 def regularization_page(P):
     """The regularization page: trials, family, per (norm, regularizer) the error, gap and test error, a
     sentence per norm, figure fig_regularization."""
@@ -955,11 +986,7 @@ def regularization_page(P):
               "reg_dropout": float(P["dropout"]), "reg_steps": int(max(len(r.history.step_loss) for r in results)),
               "reg_train_size": P["train_size"]}
     for n in ("batch", "layer"):
-        values[f"reg_verdict_{n}"] = claim_words(fam, f"reg_{n}_", {f"{r.replace(' ', '_')}_{m}": f"{r} ({w})"
-                                                                    for r in REGULARIZERS[1:]
-                                                                    for m, w in (("error", "error"), ("gap", "gap"))},
-                                                 "supported: regularization still helps the normalized network, by",
-                                                 "contradicted: regularization hurts it, by")
+        values[f"reg_verdict_{n}"] = regularization_words(fam, n)
     for (n, reg), g in table.groupby(["norm", "condition"]):
         key = f"{n}_{reg.replace(' ', '_')}"
         values[f"reg_err_{key}"], values[f"reg_gap_{key}"] = level_text(g["val_error"]), level_text(g["gap"], "loss")

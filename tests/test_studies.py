@@ -380,7 +380,8 @@ def test_learning_rate_configs_are_the_main_comparisons_tuning_configs(tmp_path,
     for source, norm in (("step1_bn_training", "batch"), ("step3_ln_training", "layer")):
         protocol.write_record(source, proto, ("none", norm), {})
     configs, _, shared = studies.learning_rate_configs({"arch": "mlp", "extra_lrs": [1.0], "extra_seeds": [7]})
-    assert len(configs) == 3 * 3 * 3 and shared == 3 * 2 * 2
+    assert len(configs) == 3 * (2 * 2 + 3) and shared == 3 * 2 * 2  # the extra seed only at the extra rate
+    assert {c.seed for c in configs if c.lr == 1.0} == {100, 101, 7} and 7 not in {c.seed for c in configs if c.lr < 1}
     tuned = set(proto.tuning(("none", "batch", "layer")))
     assert {c for c in configs if c.lr in (0.03, 0.1) and c.seed in (100, 101)} <= tuned
     assert {c.arch for c in configs} == {"mlp"}
@@ -491,7 +492,7 @@ def test_gradient_table_reads_the_spread_across_layers():
 
 
 def test_claim_position_needs_a_spread_beyond_the_factor():
-    t = grad_rows({("batch", "relu", "before"): (0.2, 0.1), ("batch", "relu", "after"): (0.1, 0.1),
+    t = grad_rows({("batch", "relu", "before"): (0.2, 0.1), ("batch", "relu", "after"): (0.19, 0.1),
                    ("layer", "relu", "before"): (1.5, 0.1), ("layer", "relu", "after"): (0.1, 0.1)})
     f = studies.family(studies.position_rows(t, factor=10)).set_index("key")
     assert f.loc["claim_position_batch_relu", "verdict"] == "contradicted"  # a spread of 10^0.2: no issue
@@ -499,7 +500,10 @@ def test_claim_position_needs_a_spread_beyond_the_factor():
     assert f.loc["claim_position_layer_relu_vs_after", "verdict"] == "supported"
     words = studies.claim_words(studies.family(studies.position_rows(t, 10)), "claim_position_",
                                 {"batch_relu": "batch norm with relu", "layer_relu": "layer norm with relu"}, "yes", "no")
-    assert words == "mixed: yes layer norm with relu; no batch norm with relu"
+    assert words == "yes layer norm with relu; no batch norm with relu"
+    assert studies.claim_words(studies.family(studies.position_rows(t, 10)), "claim_position_",
+                               {"batch_relu": "A", "layer_relu": "B", "batch_relu_vs_after": "C"}, "yes", "no") \
+        == "yes B; no A; not established for C"
 
 
 def test_claim_activation_is_non_inferiority():
@@ -545,6 +549,17 @@ def test_regularization_family_asks_whether_a_regularizer_still_helps():
     assert f.loc["reg_batch_dropout_error", "verdict"] == "supported"
     assert f.loc["reg_layer_dropout_gap", "verdict"] == "supported"
     assert f.loc["reg_batch_weight_decay_error", "verdict"] == "not established"
+
+
+def test_regularization_words_name_each_measure():
+    rows = []
+    for n in ("none", "batch", "layer"):
+        for reg, err, gap in (("none", 0.30, 0.4), ("weight decay", 0.30, 0.4), ("dropout", 0.30, 0.1)):
+            rows += [{"norm": n, "condition": reg, "seed": s, "val_error": err + 0.002 * s, "gap": gap + 0.002 * s}
+                     for s in range(5)]
+    f = studies.regularization_family(pd.DataFrame(rows))
+    assert studies.regularization_words(f, "batch") == ("validation error: no regularizer is established to help; "
+                                                        "generalization gap narrowed by dropout")
 
 
 def test_regularization_trials_set_one_regularizer_at_a_time():
