@@ -409,6 +409,14 @@ def test_init_scale_family_trains_fails_and_undecided():
     assert eps["verdict"] == "supported" and eps["estimate"] == pytest.approx(0.6)
 
 
+def test_init_scale_margin_keeps_a_mean_near_the_threshold_undecided():
+    t = init_table([("batch", 1e-4, 1e-5, 0.53), ("batch", 1.0, 1e-5, 0.62)])
+    plain = studies.init_scale_status(studies.init_scale_family(t, 0.5, 1e-5), t, 1e-5)
+    zoned = studies.init_scale_status(studies.init_scale_family(t, 0.5, 1e-5, margin=0.05), t, 1e-5)
+    assert plain["init_trains_batch"] == "0.0001 and 1"
+    assert zoned["init_trains_batch"] == "1" and zoned["init_undecided_batch"] == "0.0001"
+
+
 def test_init_scale_table_reads_the_probe():
     p = {"update": [[np.nan] * 3, [0.1, 0.3, 9.0], [0.1, 0.3, 9.0]], "weight_norm": [[1, 2, 5], [2, 2, 5], [3, 4, 5]],
          "var_example": [[1e-5, 1e-6]] * 3, "var_batch": [[1.0, 1.0]] * 3, "layers": ["fc1", "fc2", "out"],
