@@ -868,6 +868,16 @@ def batch_claim_rows(table):
     return rows
 
 
+def spread_values(grads):
+    """Glue values of the gradient spreads: the largest mean factor of a normalized condition and which one,
+    and the factor of each activation without normalization (claims_spread_none_<activation>)."""
+    means = 10 ** grads.groupby(["norm", "activation", "position"])["grad_spread"].mean()
+    normed = means.drop("none", level="norm", errors="ignore")
+    (norm, act, pos), top = normed.idxmax(), float(normed.max())
+    return {"claims_largest_spread": top, "claims_largest_spread_condition": f"{_label(norm)} {pos} {act}",
+            **{f"claims_spread_none_{a}": float(v) for (n, a, _), v in means.items() if n == "none"}}
+
+
 def claim_words(fam, prefix, cases, yes, no):
     """One sentence over the rows whose key starts with prefix: the cases (key suffix -> words) supported,
     contradicted and not established, e.g. "supported for A; not established for B"."""
@@ -876,7 +886,7 @@ def claim_words(fam, prefix, cases, yes, no):
     con = [w for k, w in cases.items() if got.get(k) == "contradicted"]
     rest = [w for k, w in cases.items() if k in got and got[k] == "not established"]
     if not (sup or con):
-        return "not established for any case: no difference is established by these seeds"
+        return f"not established for any case ({list_text(rest, '{}')})" if rest else "not established"
     parts = ([f"{yes} {list_text(sup, '{}')}"] if sup else []) + ([f"{no} {list_text(con, '{}')}"] if con else [])
     return "; ".join(parts + ([f"not established for {list_text(rest, '{}')}"] if rest else []))
 
@@ -899,8 +909,7 @@ def claims_page(P):
         **_n(P), "claims_runs": _runs_text(results), "grad_factor": float(P["grad_factor"]),
         "claims_margin": margin_text(P["margin"]), "claims_bs_small": int(batch["batch_size"].min()),
         "claims_bs_large": int(batch["batch_size"].max()), "claims_n_bs_seeds": len(P["bs_seeds"]),
-        "claims_largest_spread": float(10 ** grads[grads["norm"] != "none"].groupby(["norm", "activation", "position"])
-                                        ["grad_spread"].mean().max()),
+        **spread_values(grads),
         "claim_position_verdict": claim_words(fam, "claim_position_", {f"{n}_{a}": f"{_label(n)} with {a}"
                                                                        for n in ("batch", "layer") for a in acts},
                                               "supported (a gradient spread above the factor) for",

@@ -514,6 +514,18 @@ def test_claim_position_needs_a_spread_beyond_the_factor():
         == "yes B; no A; not established for C"
 
 
+def test_spread_values_name_the_largest_normalized_spread_and_the_controls():
+    t = grad_rows({("batch", "relu", "before"): (0.5, 0.1), ("layer", "relu", "after"): (1.0, 0.1),
+                   ("none", "relu", "before"): (2.0, 0.1), ("none", "sigmoid", "before"): (0.3, 0.1)})
+    v = studies.spread_values(t)
+    assert v["claims_largest_spread_condition"] == "layer norm after relu"
+    assert v["claims_largest_spread"] == pytest.approx(10 ** 1.02)  # the mean of log10 over seeds 0..4
+    assert v["claims_spread_none_relu"] == pytest.approx(10 ** 2.02)
+    f = studies.family([studies.difference("claim_x_a", "q", spread_around(0.5, width=0.3), spread_around(0.5))])
+    assert studies.claim_words(f, "claim_x_", {"a": "A"}, "yes", "no") == "not established for any case (A)"
+    assert studies.claim_words(f, "claim_y_", {"a": "A"}, "yes", "no") == "not established"
+
+
 def test_claim_activation_is_non_inferiority():
     t = grad_rows({("none", "tanh", "before"): (0.1, 0.20), ("batch", "tanh", "before"): (0.1, 0.21),
                    ("layer", "tanh", "before"): (0.1, 0.30)})
