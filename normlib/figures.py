@@ -24,6 +24,7 @@ METRIC_LABELS = {
     "smoothed": "training loss, 20-step mean (cross-entropy)", "grad_norm": "gradient norm (L2)",
     "final_val_loss": "final validation loss", "steps_to_loss": "steps to target validation loss",
     "volatility": "step-to-step volatility of log loss", "grad_norm_cv": "gradient-norm CV",
+    "val_error": "validation error (1 - accuracy)",
 }
 
 
@@ -132,14 +133,17 @@ def intervals(summary, metric, *, col="arch", hue="norm", xlabel=None):
     return fig
 
 
-def sweep(frame, x, y, *, hue="norm", logx=True, xlabel=None, ylabel=None, diverged=None, col=None):
-    """y against a swept parameter x, per condition, 95% band over seeds; diverged runs marked with x."""
+def sweep(frame, x, y, *, hue="norm", logx=True, xlabel=None, ylabel=None, diverged=None, col=None, hline=None):
+    """y against a swept parameter x, per condition, 95% band over seeds; diverged runs marked with x;
+    hline: a dotted reference level (e.g. an accuracy threshold)."""
     panels = list(dict.fromkeys(frame[col])) if col else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 3.9), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         d = frame if panel is None else frame[frame[col] == panel]
         _band_plot(ax, d, x, y, hue, marker="o")
         _mark_diverged(ax, d, x, y, hue, diverged)
+        if hline is not None:
+            ax.axhline(hline, color="#444444", ls=":", lw=1.2)
         if logx:
             ax.set_xscale("log", base=2 if x == "batch_size" else 10)
         ax.set_xlabel(xlabel or x)
@@ -169,6 +173,10 @@ STUDY_LABELS = {
     "gap": "validation - training loss", "batch_size": "batch size (examples per step)",
     "lr": "learning rate", "init_scale": "weight-initialization scale (std)",
     "step": "step (mini-batches)", "position": "normalization position", "norm": "normalization",
+    "grad_spread": "gradient spread, log10(max / min layer RMS)", "effective_step": "effective step, mean ||dW|| / ||W||",
+    "signal_kept_deep": "var / (var + eps), deepest norm, at init", "median_shift": "median shift (in mean 15-85 spreads)",
+    "setback": "setback (largest rise of the validation loss)", "activation": "activation", "condition": "regularizer",
+    "value": "value",
 }
 
 
@@ -213,12 +221,56 @@ def percentile_traces(frame, *, col="norm"):
     return fig
 
 
-def points(frame, x, y, *, hue="norm", col=None, order=None, logy=False):
+def statistics_modes(frame, x="batch_size"):
+    """Batch norm's validation error against x with the three ways of normalizing at test time (rows of
+    studies.batch_size_table): running statistics, statistics of batches of the training size, population
+    statistics of the final weights; mean and 95% band over seeds."""
+    modes = {"val_error": ("running statistics (inference)", "#1f77b4"),
+             "batch_stats_error": ("statistics of batches of the training size", "#ff7f0e"),
+             "population_error": ("statistics of batches of 500 (population)", "#2ca02c")}
+    long = frame.melt(id_vars=[x, "seed"], value_vars=list(modes), var_name="mode", value_name="error")
+    band = seed_band(long, x, "error", hue="mode")
+    fig, ax = plt.subplots(figsize=(6.4, 3.9))
+    for mode, g in band.groupby("mode", sort=False):
+        name, color = modes[mode]
+        ax.plot(g[x], g["mean"], marker="o", color=color, label=name, lw=1.6)
+        ax.fill_between(g[x], g["lo"], g["hi"], color=color, alpha=0.2, lw=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(_axis_label(x))
+    ax.set_ylabel("batch norm: validation error")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def percentile_grid(frame, layers, *, col="norm"):
+    """percentile_traces for several probed layers: one row of panels per layer (layers: {name: label}),
+    one column per condition; each row shares its y axis."""
+    conds = list(dict.fromkeys(frame[col]))
+    fig, axes = plt.subplots(len(layers), len(conds), figsize=(4.4 * len(conds), 3.0 * len(layers)), squeeze=False)
+    for i, (layer, label) in enumerate(layers.items()):
+        for ax, cond in zip(axes[i], conds):
+            d = frame[(frame["layer"] == layer) & (frame[col] == cond)].pivot_table(index="step", columns="quantile",
+                                                                                    values="value")
+            lo, mid, hi = (d[q] for q in sorted(d.columns))
+            color = NORM_COLORS.get(cond, "#333")
+            ax.fill_between(d.index, lo, hi, color=color, alpha=0.25)
+            ax.plot(d.index, lo, "--", color=color, lw=1.0, label="15th and 85th percentiles")
+            ax.plot(d.index, hi, "--", color=color, lw=1.0)
+            ax.plot(d.index, mid, "-", color=color, lw=1.6, label="median")
+            ax.set_title(f"{NORM_LABELS.get(cond, cond)}: {label}", fontsize="small")
+            ax.set_xlabel(_axis_label("step"))
+    axes[0][0].legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def points(frame, x, y, *, hue="norm", col=None, order=None, logy=False, hline=None, sharey=True):
     """Each seed as a dot and the mean with its 95% Student-t CI (seaborn pointplot), per x category and hue,
-    one panel per col value."""
+    one panel per col value (its y axis shared unless sharey=False); hline: a dotted reference level."""
     panels_ = list(dict.fromkeys(frame[col])) if col else [None]
     width = max(4.6, 2.0 * frame[x].nunique())
-    fig, axes = plt.subplots(1, len(panels_), figsize=(width * len(panels_), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(panels_), figsize=(width * len(panels_), 3.8), squeeze=False, sharey=sharey)
     hues = list(dict.fromkeys(frame[hue]))
     for ax, panel in zip(axes[0], panels_):
         d = frame if panel is None else frame[frame[col] == panel]
@@ -227,9 +279,11 @@ def points(frame, x, y, *, hue="norm", col=None, order=None, logy=False):
         dodge = 0.8 - 0.8 / len(hues) if len(hues) > 1 and hue != x else False  # centred on the strips' columns
         sns.pointplot(**kw, dodge=dodge, errorbar=lambda v: mean_ci(v, bounds=metric_bounds(y))[1:],
                       linestyle="none", capsize=0.1, marker="D")  # the tables' Student-t interval
+        if hline is not None:
+            ax.axhline(hline, color="#444444", ls=":", lw=1.2)
         ax.set_xlabel(_axis_label(x))
-        ax.set_ylabel(_axis_label(y))
-        ax.set_title(str(panel) if panel is not None else "")
+        ax.set_ylabel(_axis_label(y) if panel is None or sharey else _axis_label(panel))
+        ax.set_title(_axis_label(panel) if panel is not None else "")
         if logy:
             ax.set_yscale("log")
         if hue == x:  # the x axis already names the conditions

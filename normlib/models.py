@@ -6,9 +6,12 @@ cnn: two blocks conv3x3 -> maxpool2 -> norm -> activation, then FC -> norm -> ac
      (pooling before the norm: the norm and activation see 4x fewer values, so they cost 4x less).
 With norm_position="after" the norm follows the activation instead. With norm="weight"
 the block's Linear/Conv is reparameterized (Salimans & Kingma 2016) and the norm slot is empty.
+With dropout > 0 each hidden block ends in a Dropout that draws its masks from its own generator.
 Modules are named (fc1, norm1, act1, ..., out) so studies can hook e.g. the input of act3.
 VARIANTS names the networks a trial can train: the standard one of its config, and the studies' own
-(batch norm and layer norm together in every block).
+(batch norm and layer norm together in every block; a recurrent network reading an image row by row,
+with layer norm in the recurrence as Ba et al. 2016, sec. 3.1, or batch norm with statistics per time
+step as Cooijmans et al. 2016).
 """
 from collections import OrderedDict
 
@@ -36,28 +39,55 @@ class MaxPool2(nn.Module):
         return "kernel_size=2, stride=2"
 
 
-def _block(i, kind, layer, shape, norm, impl, activation, norm_position, init_scale):
-    """Named (layer, norm, activation) modules of hidden block i; kind is "fc" or "conv"."""
+class Dropout(nn.Module):
+    """Inverted dropout (Srivastava et al. 2014): in training, each value is zeroed with probability p and
+    the rest scaled by 1/(1 - p); the identity in evaluation. The masks come from the module's own
+    generator, seeded at construction: trials that run as threads of one process never share a random
+    stream, and a config gives the same masks wherever it runs."""
+
+    def __init__(self, p, seed):
+        super().__init__()
+        self.p = p
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, generator=self.generator).to(x.device) >= self.p  # (N, *F) drawn on the CPU
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+def _block(i, kind, layer, shape, norm, impl, activation, norm_position, init_scale, eps=1e-5, dropout=0.0,
+           seed=0):
+    """Named (layer, norm, activation[, dropout]) modules of hidden block i; kind is "fc" or "conv"."""
     if init_scale is not None:
         _init(layer, init_scale)
     if NORMS[norm].wrap:  # weight norm: reparameterize after init, so w = g v/||v|| starts as the drawn weight
         layer = NORMS[norm].wrap(layer, impl)
-    parts = [(f"norm{i}", make_norm(norm, shape, impl=impl)), (f"act{i}", ACTIVATIONS[activation]())]
-    return [(f"{kind}{i}", layer)] + (parts if norm_position == "before" else parts[::-1])
+    parts = [(f"norm{i}", make_norm(norm, shape, impl=impl, eps=eps)), (f"act{i}", ACTIVATIONS[activation]())]
+    drop = [(f"drop{i}", Dropout(dropout, seed=1000 * seed + i))] if dropout else []
+    return [(f"{kind}{i}", layer)] + (parts if norm_position == "before" else parts[::-1]) + drop
 
 
 def build_model(arch="mlp", norm="none", *, impl="custom", activation="relu", norm_position="before",
-                hidden=(256, 256, 256), channels=(16, 32), init_scale=None):
+                hidden=(256, 256, 256), channels=(16, 32), init_scale=None, norm_eps=1e-5, dropout=0.0,
+                seed=0):
     """A network with the given normalization in every hidden block.
     init_scale: None keeps PyTorch's default init; a float draws every weight from N(0, init_scale^2)
-    with zero biases (the cs231n weight-scale experiment)."""
+    with zero biases (the cs231n weight-scale experiment). norm_eps: the epsilon under the square root
+    of batch, layer and group norm. dropout: the probability of dropping a hidden unit (0: no dropout
+    module); the masks of block i come from a generator seeded with 1000 * seed + i."""
     for name, value in (("arch", arch), ("norm", norm), ("impl", impl), ("activation", activation),
                         ("norm_position", norm_position), ("hidden", hidden), ("channels", channels),
-                        ("init_scale", init_scale)):
+                        ("init_scale", init_scale), ("norm_eps", norm_eps), ("dropout", dropout), ("seed", seed)):
         params.check(name, value, where="build_model")  # the rules of normlib.params
 
     def block(i, kind, layer, shape):
-        return _block(i, kind, layer, shape, norm, impl, activation, norm_position, init_scale)
+        return _block(i, kind, layer, shape, norm, impl, activation, norm_position, init_scale, norm_eps,
+                      dropout, seed)
 
     layers = [("flatten", nn.Flatten())] if arch == "mlp" else []
     if arch == "mlp":
@@ -91,7 +121,8 @@ def from_config(config):
     """The network of build_model for a TrainConfig."""
     return build_model(config.arch, config.norm, impl=config.impl, activation=config.activation,
                        norm_position=config.norm_position, hidden=config.hidden, channels=config.channels,
-                       init_scale=config.init_scale)
+                       init_scale=config.init_scale, norm_eps=config.norm_eps, dropout=config.dropout,
+                       seed=config.seed)
 
 
 def batch_and_layer(config):
@@ -100,13 +131,86 @@ def batch_and_layer(config):
     if config.arch != "mlp":
         raise ValueError(f"batch+layer: arch = {config.arch!r}: only the MLP is built with both norms")
     model = build_model("mlp", "batch", impl=config.impl, activation=config.activation,
-                        norm_position=config.norm_position, hidden=config.hidden, init_scale=config.init_scale)
+                        norm_position=config.norm_position, hidden=config.hidden, init_scale=config.init_scale,
+                        norm_eps=config.norm_eps, dropout=config.dropout, seed=config.seed)
     layers = []
     for name, module in model.named_children():
         layers.append((name, module))
         if name.startswith("norm"):  # norm{i}: batch norm of block i
-            layers.append((f"lnorm{name[4:]}", make_norm("layer", (module.num_features,), impl=config.impl)))
+            layers.append((f"lnorm{name[4:]}", make_norm("layer", (module.num_features,), impl=config.impl,
+                                                         eps=config.norm_eps)))
     return nn.Sequential(OrderedDict(layers))
 
 
-VARIANTS = {"standard": from_config, "batch+layer": batch_and_layer}
+# ----------------------------------------------------------------------------
+# a recurrent network: Fashion-MNIST read row by row
+
+
+ROWS = 28  # time steps: one row of 28 pixels per step
+
+
+class StepBatchNorm(nn.Module):
+    """Batch norm with statistics per time step (Cooijmans et al. 2016, sec. 3): at step t the batch
+    statistics of that step normalize in training, and the running statistics of that step in evaluation;
+    gamma and beta are shared across steps, gamma starts at 0.1 (their sec. 4: a gain of 1 saturates the
+    tanh and the gradients through time vanish). One normlib batch norm per step, holding the step's
+    running statistics and the shared gamma and beta."""
+
+    def __init__(self, features, steps, impl="custom", eps=1e-5, gamma=0.1):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((features,), gamma))  # gamma, shared across steps
+        self.bias = nn.Parameter(torch.zeros(features))  # beta
+        self.steps = nn.ModuleList(make_norm("batch", (features,), impl=impl, eps=eps) for _ in range(steps))
+        for bn in self.steps:
+            del bn.weight, bn.bias
+            bn.weight, bn.bias = self.weight, self.bias  # registered in every step's module, one parameter
+
+    def forward(self, x, t):
+        return self.steps[t](x)
+
+
+class RowRNN(nn.Module):
+    """A vanilla tanh RNN reading a 28 x 28 image as 28 steps of 28 pixels, and a linear readout of its
+    last hidden state.
+    none:  h_t = tanh(W_x x_t + W_h h_{t-1} + b)
+    layer: h_t = tanh(LN(W_x x_t + W_h h_{t-1}))          (Ba et al. 2016, eq. 4: the summed inputs of each
+           step, normalized over the hidden units of one example; LN's gain and bias)
+    batch: h_t = tanh(BN_x,t(W_x x_t) + BN_h,t(W_h h_{t-1}))  (Cooijmans et al. 2016, eq. 6: the input and
+           recurrent terms normalized separately, with statistics per time step; h_0 = 0 has no recurrent
+           term, so BN_h starts at step 1)"""
+
+    def __init__(self, hidden=64, norm="none", impl="custom", eps=1e-5):
+        super().__init__()
+        if norm not in ("none", "batch", "layer"):
+            raise ValueError(f"rnn: norm = {norm!r}: allowed none, batch, layer")
+        self.hidden, self.norm = hidden, norm
+        self.inp = nn.Linear(ROWS, hidden, bias=norm == "none")  # (28 -> H)
+        self.rec = nn.Linear(hidden, hidden, bias=False)  # (H -> H)
+        if norm == "layer":
+            self.ln = make_norm("layer", (hidden,), impl=impl, eps=eps)
+        if norm == "batch":
+            self.bn_x = StepBatchNorm(hidden, ROWS, impl, eps)
+            self.bn_h = StepBatchNorm(hidden, ROWS, impl, eps)
+        self.out = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        rows = x.reshape(len(x), ROWS, ROWS)  # (N, 1, 28, 28) -> (N, T, 28)
+        xs = self.inp(rows).transpose(0, 1).contiguous()  # (T, N, H): the input terms of every step at once
+        h = None
+        for t in range(ROWS):
+            a = xs[t]  # (N, H)
+            if self.norm == "batch":
+                a = self.bn_x(a, t) + (self.bn_h(self.rec(h), t) if h is not None else 0)
+            else:
+                a = a + self.rec(h) if h is not None else a
+                a = self.ln(a) if self.norm == "layer" else a
+            h = torch.tanh(a)  # (N, H)
+        return self.out(h)  # (N, 10)
+
+
+def row_rnn(config):
+    """The recurrent network of a TrainConfig: hidden[0] units, config.norm in the recurrence."""
+    return RowRNN(config.hidden[0], config.norm, config.impl, config.norm_eps)
+
+
+VARIANTS = {"standard": from_config, "batch+layer": batch_and_layer, "rnn": row_rnn}

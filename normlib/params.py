@@ -133,6 +133,12 @@ def fraction(v):
     return float(v)
 
 
+def dropout(v):
+    if not (_is_number(v) and 0 <= v < 1):
+        raise ValueError("must be a number in [0, 1) (0: no dropout)")
+    return float(v)
+
+
 def momentum(v):
     if not (_is_number(v) and 0 <= v < 1):
         raise ValueError("must be a number in [0, 1)")
@@ -164,6 +170,19 @@ def widths(count=None):
             raise ValueError(f"must be a list of {count or 'one or more'} positive integers")
         return list(v)
     return check
+
+
+def greater_than_one(v):
+    if not (_is_number(v) and v > 1):
+        raise ValueError("must be a number greater than 1")
+    return float(v)
+
+
+def seed_list_or_empty(v):
+    """A list of distinct non-negative integers, possibly empty (no extra seeds)."""
+    if isinstance(v, (list, tuple)) and not v:
+        return []
+    return list_of(nonneg_int, "non-negative integers")(v)
 
 
 def extra_norm_list(v):
@@ -202,6 +221,8 @@ RULES = {
     "hidden": widths(),
     "channels": widths(2),
     "init_scale": optional(positive_float, "PyTorch's default initialization"),
+    "norm_eps": positive_float,
+    "dropout": dropout,
     "data_init": boolean,
     "max_steps": nonneg_int,
     "seed": nonneg_int,
@@ -217,16 +238,27 @@ RULES = {
     # declared by one or two notebooks (which check them again); here so that the pipeline
     # refuses a bad value before any notebook trains
     "repeats": positive_int,            # implementation_check: timed calls per layer and shape
-    "base_lr": positive_float,          # study_batch_size, study_claims: learning rate at batch size 128
-    "bs_train_size": train_size,        # study_claims
+    "base_lr": positive_float,          # study_batch_size, study_claims: learning rate at batch size 32
+    "bs_train_size": train_size,        # study_claims: the batch-size study's runs
     "bs_epochs": positive_int,          # study_claims
+    "bs_seeds": list_of(nonneg_int, "non-negative integers"),  # study_claims
+    "bs_evals_per_epoch": positive_int,  # study_claims
+    "margin": fraction,                 # studies: equivalence / non-inferiority margin on an error rate
     "depth": positive_int,              # study_init_scale: hidden layers
+    "small_scale": positive_float,      # study_init_scale: scales up to this get the epsilon runs
+    "eps_values": list_of(positive_float, "positive numbers"),  # study_init_scale
     "acc_threshold": fraction,          # study_init_scale, study_learning_rate: accuracy that counts as trained
+    "extra_lrs": list_of(positive_float, "positive numbers"),  # study_learning_rate: rates above the main grid
+    "extra_seeds": seed_list_or_empty,  # study_learning_rate: seeds beside the main comparison's tuning seeds
+    "lr_margin": fraction,              # study_learning_rate: accuracy margin around the best rate
     "record_every": positive_int,       # study_activation_drift
     "probe_size": positive_int,         # study_activation_drift
     "unit": nonneg_int,                 # study_activation_drift
     "multipliers": list_of(positive_float, "positive numbers"),  # study_landscape: probe step sizes
-    "probe_every": positive_int,        # study_landscape
+    "probe_every": positive_int,        # study_landscape, study_init_scale, study_claims
+    "grad_factor": greater_than_one,    # study_claims: a gradient issue is a spread across layers above this
+    "overfit_epochs": positive_int,     # study_claims: epochs of the batch + layer norm runs
+    "rnn_hidden": positive_int,         # study_recurrent: hidden units of the RNN
     "show_benchmark": boolean,          # cost: show results/benchmark.json when it exists
 }
 

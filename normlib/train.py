@@ -35,6 +35,8 @@ class TrainConfig:
     hidden: tuple = (256, 256, 256)   # MLP hidden widths; the CNN's FC layer uses hidden[-1]
     channels: tuple = (16, 32)        # CNN conv channels
     init_scale: float | None = None   # None: PyTorch default init; else weights ~ N(0, init_scale^2)
+    norm_eps: float = 1e-5            # epsilon under the square root of batch, layer and group norm
+    dropout: float = 0.0              # probability of dropping a hidden unit in training (0: none)
     data_init: bool = False           # weight norm (custom): Salimans & Kingma's data-dependent init
     optimizer: str = "sgd"            # sgd (with momentum) | adam
     lr: float = 0.05                  # peak learning rate

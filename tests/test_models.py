@@ -230,3 +230,85 @@ def test_max_pool_kernel_refuses_bad_input():
 def test_cnn_pools_with_max_pool2():
     model = build_model("cnn", "batch")
     assert isinstance(model.pool1, MaxPool2) and isinstance(model.pool2, MaxPool2)
+
+
+# ----------------------------------------------------------------------------
+# dropout with its own generator, the norm's epsilon, and the recurrent network (studies)
+
+def test_dropout_draws_from_its_own_generator_and_is_off_in_eval():
+    from normlib.models import Dropout
+    x = torch.ones(64, 32)
+    a, b = Dropout(0.5, seed=3), Dropout(0.5, seed=3)
+    torch.manual_seed(0)
+    ya = a(x)
+    torch.manual_seed(1)  # the global generator plays no part
+    assert torch.equal(ya, b(x))
+    assert set(ya.unique().tolist()) == {0.0, 2.0}  # kept values scaled by 1 / (1 - p)
+    assert 0.4 < (ya == 0).float().mean().item() < 0.6
+    assert not torch.equal(ya, a(x))  # the next mask differs
+    a.eval()
+    assert torch.equal(a(x), x)
+
+
+def test_build_model_with_dropout_and_eps():
+    m = build_model("mlp", "layer", hidden=(16, 16), dropout=0.25, norm_eps=1e-3, seed=2)
+    names = [n for n, _ in m.named_children()]
+    assert names == ["flatten", "fc1", "norm1", "act1", "drop1", "fc2", "norm2", "act2", "drop2", "out"]
+    assert m.norm1.eps == 1e-3 and m.drop1.p == 0.25
+    # masks per block and seed: block 1 and 2 differ, the same seed repeats them
+    assert torch.equal(m.drop1.generator.get_state(), build_model("mlp", "layer", hidden=(16, 16), dropout=0.25,
+                                                                  seed=2).drop1.generator.get_state())
+    assert not torch.equal(m.drop1.generator.get_state(), m.drop2.generator.get_state())
+    assert "drop1" not in dict(build_model("mlp", "layer", hidden=(16, 16)).named_children())
+    with pytest.raises(ValueError, match="dropout"):
+        build_model("mlp", "none", dropout=1.0)
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "layer"])
+def test_row_rnn_shapes_and_backward(norm):
+    from normlib.models import RowRNN
+    model = RowRNN(hidden=12, norm=norm)
+    x = torch.randn(6, 1, 28, 28)
+    y = model(x)
+    assert y.shape == (6, 10)
+    y.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    assert model(x[:1]).shape == (1, 10)  # evaluation needs no batch (batch norm: running statistics)
+    with pytest.raises(ValueError, match="allowed none, batch, layer"):
+        RowRNN(hidden=12, norm="weight")
+
+
+def test_step_batch_norm_keeps_statistics_per_time_step_and_shares_gamma():
+    from normlib.models import StepBatchNorm
+    bn = StepBatchNorm(4, steps=3)
+    assert torch.allclose(bn.weight, torch.full((4,), 0.1))
+    assert len(list(bn.parameters())) == 2  # gamma and beta, shared by the three steps
+    bn(torch.randn(32, 4) * 5 + 10, 1)  # only step 1 sees data
+    means = torch.stack([s.running_mean for s in bn.steps])  # (T, C)
+    assert torch.all(means[1] > 0.5) and torch.all(means[0] == 0) and torch.all(means[2] == 0)
+    bn.eval()
+    x = torch.randn(5, 4) * 5 + 10
+    assert not torch.allclose(bn(x, 0), bn(x, 1))  # each step normalizes with its own statistics
+
+
+def test_a_short_run_of_the_rnn_learns():
+    """A task only a reader of the rows solves: the class is the column that lights up, in every row."""
+    from normlib.data import Splits
+    from normlib.models import VARIANTS
+    from normlib.train import TrainConfig, train
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (512,), generator=g)
+    x = torch.randn(512, 1, 28, 28, generator=g) * 0.5
+    x[torch.arange(512), 0, :, y * 2] += 2.0
+    data = Splits(x[:384], y[:384], x[384:448], y[384:448], x[448:], y[448:], 0.0, 1.0, "fake")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as trials run (normlib.trials.THREADS): 28 small steps thrash with more threads
+    try:
+        for norm in ("none", "layer", "batch"):
+            c = TrainConfig(norm=norm, hidden=(32,), optimizer="adam", lr=3e-3, batch_size=32, epochs=4, val_size=64,
+                            device="cpu")
+            h = train(c, data, build=VARIANTS["rnn"])
+            assert not h.diverged and h.val_acc[-1] > 0.5, (norm, h.val_acc)
+    finally:
+        torch.set_num_threads(threads)

@@ -67,6 +67,21 @@ BAD = [
     ("unit", -1, "parameter 'unit' = -1: must be a non-negative integer"),
     ("multipliers", [1, -2], "parameter 'multipliers' = [1, -2]: must be a non-empty list of distinct positive numbers"),
     ("probe_every", 0, "parameter 'probe_every' = 0: must be a positive integer"),
+    ("norm_eps", 0, "parameter 'norm_eps' = 0: must be a positive number"),
+    ("dropout", 1.0, "parameter 'dropout' = 1.0: must be a number in [0, 1) (0: no dropout)"),
+    ("dropout", -0.1, "parameter 'dropout' = -0.1: must be a number in [0, 1) (0: no dropout)"),
+    ("bs_seeds", [1, 1], "parameter 'bs_seeds' = [1, 1]: must be a non-empty list of distinct non-negative integers"),
+    ("bs_evals_per_epoch", 0, "parameter 'bs_evals_per_epoch' = 0: must be a positive integer"),
+    ("margin", 0, "parameter 'margin' = 0: must be a number between 0 and 1"),
+    ("small_scale", -1e-3, "parameter 'small_scale' = -0.001: must be a positive number"),
+    ("eps_values", [1e-5, 0], "parameter 'eps_values' = [1e-05, 0]: must be a non-empty list of distinct positive numbers"),
+    ("extra_lrs", [], "parameter 'extra_lrs' = []: must be a non-empty list of distinct positive numbers"),
+    ("extra_seeds", [3, -1], "parameter 'extra_seeds' = [3, -1]: must be a non-empty list of distinct non-negative integers"),
+    ("extra_seeds", 5, "parameter 'extra_seeds' = 5: must be a non-empty list of distinct non-negative integers"),
+    ("lr_margin", 1, "parameter 'lr_margin' = 1: must be a number between 0 and 1"),
+    ("grad_factor", 1, "parameter 'grad_factor' = 1: must be a number greater than 1"),
+    ("overfit_epochs", 0, "parameter 'overfit_epochs' = 0: must be a positive integer"),
+    ("rnn_hidden", 0, "parameter 'rnn_hidden' = 0: must be a positive integer"),
 ]
 
 
@@ -102,6 +117,10 @@ GOOD = [
     ("momentum", 0, 0.0),
     ("workers", 0, 0),
     ("force", False, False),
+    ("extra_seeds", [], []),  # no seeds beside the main comparison's tuning seeds
+    ("extra_seeds", (102,), [102]),
+    ("dropout", 0, 0.0),
+    ("grad_factor", 10, 10.0),
 ]
 
 

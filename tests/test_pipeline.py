@@ -75,7 +75,7 @@ def test_set_values_are_yaml_with_numeric_exponents():
 def test_toc_order_of_the_real_book():
     names = pbook.toc_notebooks(REPO)
     assert names[:3] == ["procedure", "implementation_check", "step1_bn_training"]
-    assert names[-2:] == ["study_claims", "cost"] and len(names) == 14  # cost runs last: it reports the others
+    assert names[-2:] == ["study_claims", "cost"] and len(names) == 16  # cost runs last: it reports the others
 
 
 @pytest.mark.parametrize("profile", ["quick", "default", "full"])
@@ -276,6 +276,17 @@ def test_after_must_name_an_earlier_notebook(book, capsys, monkeypatch):
     code, err = refused(book, capsys, monkeypatch)
     assert code == 2 and len(err) == 1
     assert "alpha.ipynb: metadata normlab.after names 'beta', which is not a notebook before it in _toc.yml" in err[0]
+
+
+def test_only_some_notebooks_run_without_the_prerequisites_that_ran_before(book):
+    """--only beta, whose metadata names alpha: alpha ran before (its results are there), so the run of beta
+    alone waits for nothing; the whole book still checks the order."""
+    _after(book, "beta", ["alpha"])
+    source = book / "notebooks" / "beta.ipynb"
+    assert execute.prerequisites(source, ["beta"], strict=False) == []
+    assert execute.prerequisites(source, ["alpha", "beta"], strict=False) == ["alpha"]
+    with pytest.raises(PipelineError, match="names 'alpha', which is not a notebook before it"):
+        execute.prerequisites(source, ["beta"])
 
 
 @pytest.mark.slow

@@ -312,16 +312,18 @@ def test_diverged_run_is_recorded_cached_and_reported(tmp_path):
     # cached with its divergence, read back identically
     again = run_configs(configs, workers=1, cache=tmp_path / "trials", progress=False)
     assert json.dumps(again[2].to_dict()) == json.dumps(bad.to_dict())
-    # tables: the row says diverged, at which step, with no final metrics
-    table = studies.sweep_table(hists, "lr")
-    row = table[(table["lr"] == 100.0) & (table["seed"] == 0)].iloc[0]
+    # tables: the row says diverged, at which step, with no final metrics; the studies count it at chance
+    runs = metrics.trials_table(hists, keys=("lr", "seed"))
+    row = runs[(runs["lr"] == 100.0) & (runs["seed"] == 0)].iloc[0]
     assert bool(row["diverged"]) and row["diverged_step"] == bad.diverged_step
     assert math.isnan(row["final_val_loss"]) and math.isnan(row["final_val_acc"])
-    summary = studies.sweep_summary(table, "lr", "final_val_acc")
-    assert summary.set_index("lr")["n_diverged"].to_dict() == {0.05: 0, 100.0: 2}
     assert metrics.trials_table(hists)["diverged"].tolist() == [False, False, True, True]
+    table = studies.learning_rate_table(hists, threshold=0.5)
+    assert table.groupby("lr")["failed"].sum().to_dict() == {0.05: 0, 100.0: 2}
+    assert (table[table["lr"] == 100.0]["final_val_acc"] == metrics.CHANCE_ACC).all()
+    assert not table[table["lr"] == 100.0]["trains"].any()
     # figures: marked as diverged, no crash
-    fig = figures.sweep(table, "lr", "final_val_acc", diverged="diverged")
+    fig = figures.sweep(table, "lr", "final_val_acc", diverged="failed")
     labels = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else \
         [h.get_label() for ax in fig.axes for h in ax.collections]
     assert any("diverged" in label for label in labels), labels

@@ -69,15 +69,19 @@ def always_execute(source):
     return _normlab_metadata(source).get("always_execute")
 
 
-def prerequisites(source, names):
+def prerequisites(source, names, strict=True):
     """The notebooks among `names` (book order) that must finish before this one starts, from its
     source metadata normlab.after: a list of notebook names (e.g. the training notebook whose trials an
-    analysis reads from the cache), or "all" for every notebook before it in book order."""
+    analysis reads from the cache), or "all" for every notebook before it in book order. strict: a name
+    that is not before it in `names` is an error (the whole book); otherwise it is left out (a run of some
+    notebooks, --only, whose prerequisites ran before)."""
     after = _normlab_metadata(source).get("after", [])
     name = Path(source).stem
     earlier = names[:names.index(name)] if name in names else list(names)
     if after == "all":
         return earlier
+    if not strict:
+        return [n for n in after if n in earlier]
     for n in after:  # so that book order satisfies every `after`
         if n not in earlier:
             raise PipelineError(f"{source}: metadata normlab.after names {n!r}, which is not a notebook "
@@ -326,7 +330,8 @@ def run_notebooks(manifest, to_run, nb_dir, book_nb_dir, results, kernel, progre
         else:
             pending.append(name)
     # wait only for notebooks that run now: the others are up to date or not in this run (--only)
-    waits = {n: [d for d in prerequisites(nb_dir / f"{n}.ipynb", names) if d in pending] for n in pending}
+    waits = {n: [d for d in prerequisites(nb_dir / f"{n}.ipynb", names, strict=False) if d in pending]
+             for n in pending}
     done, running, failure = set(), {}, None
     if not pending:
         return 0
