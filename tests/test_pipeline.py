@@ -335,6 +335,8 @@ def test_readme_figure_is_copied_from_the_executed_notebook(tmp_path):
 
 
 def test_an_unreachable_scheduler_is_refused_before_anything_runs(book, capsys, monkeypatch):
+    from normlib import executors
+    monkeypatch.setattr(executors, "CONNECT_TIMEOUT", 2)  # no need to wait the usual 10 s for port 9
     code, err = refused(book, capsys, monkeypatch, "--scheduler", "tcp://127.0.0.1:9")
     assert code == 2 and len(err) == 1
     assert err[0].startswith("error: cannot reach the Dask scheduler at tcp://127.0.0.1:9 (")

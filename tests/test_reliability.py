@@ -129,6 +129,8 @@ def refuse_in_process(root, results, args, monkeypatch, capsys):
 
 @pytest.mark.parametrize("args, expected", [c[1:] for c in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS])
 def test_bad_request_is_refused_before_anything_runs(checkout, tmp_path, args, expected, monkeypatch, capsys):
+    from normlib import executors
+    monkeypatch.setattr(executors, "CONNECT_TIMEOUT", 2)  # the unreachable scheduler's case
     results = tmp_path / "results"
     code, out, err = refuse_in_process(checkout, results, ["--profile", "quick", *args], monkeypatch, capsys)
     check_refused(code, out, err, expected, checkout, results)

@@ -219,7 +219,8 @@ def test_a_worker_that_differs_is_refused_before_any_trial(tmp_path, monkeypatch
     assert not entries(tmp_path)
 
 
-def test_an_unreachable_scheduler_is_one_line_naming_it(tmp_path):
+def test_an_unreachable_scheduler_is_one_line_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(executors, "CONNECT_TIMEOUT", 2)
     with pytest.raises(executors.PoolError) as e:
         trials.run_trials(CONFIGS[:1], scheduler="tcp://127.0.0.1:9", cache=tmp_path, progress=False)
     assert "tcp://127.0.0.1:9" in str(e.value) and "\n" not in str(e.value)
