@@ -388,13 +388,21 @@ def bench_peak(data, device, steps, warm, repeats):
 # ----------------------------------------------------------------------------
 # 4. a grid of small trials on a pool of two workers against one (normlib.trials.run_trials)
 
+def _warm_worker(train_size):
+    """Run on each worker of a pool before it is timed: what a worker pays once per run."""
+    from normlib.data import load_fashion_mnist
+    from normlib.train import keep_freed_buffers
+
+    keep_freed_buffers()
+    load_fashion_mnist(val_size=1000, train_size=train_size)
+
+
 def bench_grid(trials, epochs, train_size):
     """Wall time of normlib.trials.run_trials on `trials` small MLP trials (batch norm, `epochs` on
     train_size images, a few seconds each) from an empty cache, on a Dask LocalCluster of one worker
     process and then of two (one torch thread each), as the pipeline runs every trial of a build on one
-    pool started once: each pool is started and warmed up (one trial of its own, which imports torch
-    and reads the stored splits in every worker) before the timed grid, so the ratio measures
-    throughput, not start-up. Both give the same Histories (checked).
+    pool started once: each pool is started and every worker warmed up (imports, the stored splits, a
+    short trial) before the timed grid, so the ratio measures throughput, not start-up. Both give the same Histories (checked).
     Returns one result: rate = trials per second, ratio two / one."""
     from normlib import executors
     from normlib.trials import run_trials
@@ -406,6 +414,8 @@ def bench_grid(trials, epochs, train_size):
     times, results = {}, {}
     for workers in (1, 2):
         with executors.start_local_cluster(workers) as cluster, tempfile.TemporaryDirectory() as cache:
+            pool = executors.Dask(cluster.scheduler_address)
+            pool.workers(lambda: _warm_worker(train_size))  # every worker: imports, kernels, the stored splits
             run_trials(warm[:workers], scheduler=cluster.scheduler_address, cache=cache, progress=False)
             start = time.perf_counter()
             results[workers] = run_trials(configs, scheduler=cluster.scheduler_address, cache=cache, progress=False)

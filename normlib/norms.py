@@ -236,11 +236,10 @@ class BatchNorm(nn.Module):
         # the batch mean and biased variance (C,) come back with y, from the C++ kernel or the reference pair
         batch_norm = kernels.ext().batch_norm if kernels.use_cpp(x) else BatchNormFn.apply
         y, mean, var = batch_norm(x, self.weight, self.bias, self.eps)
-        with torch.no_grad():  # Alg. 2's averages as exponential moving averages, in torch's convention
-            p = self.momentum
-            self.running_mean.mul_(1 - p).add_(mean, alpha=p)
-            self.running_var.mul_(1 - p).add_(var, alpha=p * m / (m - 1))  # unbiased variance
-            self.num_batches_tracked.add_(1)
+        # Alg. 2's averages as exponential moving averages, in torch's convention: r <- r + p (batch - r),
+        # the variance unbiased; mean and var need no grad (non-differentiable outputs), so no no_grad block
+        torch._foreach_lerp_([self.running_mean, self.running_var], [mean, var * (m / (m - 1))], self.momentum)
+        self.num_batches_tracked.add_(1)
         return y
 
     def extra_repr(self):
