@@ -237,7 +237,9 @@ def implementation_table(kinds=CHECK_KINDS, shapes=((4, 32), (2, 16, 5, 5)), dty
 # the implementation-check notebook: display-ready tables and the numbers it glues
 
 def _format(table):
-    """Errors as 1.2e-14, an error that does not apply (a gradient the layer does not have) as ''."""
+    """A reader's table: the row labels as columns (report.show prints no index), errors as 1.2e-14, an
+    error that does not apply (a gradient the layer does not have) as ''."""
+    table = table.reset_index()
     return table.map(lambda v: "" if isinstance(v, float) and np.isnan(v) else f"{v:.1e}" if isinstance(v, float) else v)
 
 
@@ -256,6 +258,8 @@ def builtin_comparison(shapes, dtypes=("float64", "float32"), kinds=CHECK_KINDS,
     worst.columns = [f"{d} max {v}" for d in dtypes for v in ("abs", "rel")]
     by_shape = errors.pivot_table(index=["layer", "implementation", "shape", "quantity"], columns="dtype",
                                   values=["abs", "rel"], sort=False)
+    by_shape = by_shape[[(v, d) for d in dtypes for v in ("abs", "rel")]]
+    by_shape.columns = [f"{d} {v}" for d in dtypes for v in ("abs", "rel")]
     numbers = {f"max_{v}_error_{d.replace('float', 'f')}": float(g[v].max())
                for d, g in errors.groupby("dtype") for v in ("rel", "abs")}
     numbers["float32_eps"] = float(torch.finfo(torch.float32).eps)
@@ -323,7 +327,7 @@ def training_comparison(histories):
         "seed_diff_loss_min": float(table["|seed 0 - seed 1|"].min()),
         "n_impl_below_seed": int((table["|custom - torch|"] < table["|seed 0 - seed 1|"]).sum()),
         "n_train_kinds": len(kinds)})
-    return table.round(4), diffs, numbers
+    return table.round(4).reset_index(), diffs, numbers
 
 
 def loss_difference_figure(diffs):
@@ -366,7 +370,7 @@ def timing_comparison(shapes, repeats, threads=1, kinds=CHECK_KINDS):
                     "timing_repeats": repeats, "timing_threads": threads})
     ms.columns = [f"{c} (ms)" for c in TIMED] + ["as used / torch", "reference pair / torch"]
     table = ms.rename(index={k: norm_label(k) for k in kinds}, level="layer").rename(index=ARCH_LABELS, level="at")
-    return table.round(3), numbers
+    return table.round(3).reset_index(), numbers
 
 
 def training_configs(train_size, val_size, epochs, kinds=CHECK_KINDS, lr=0.05):

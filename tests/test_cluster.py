@@ -27,6 +27,7 @@ import pytest
 from conftest import copy_repo, run_cli, tail
 from normlib import data, executors, trials
 from normlib.paths import data_dir
+from normlib.protocol import Protocol
 from normlib.train import TrainConfig
 
 pytestmark = pytest.mark.slow
@@ -221,6 +222,14 @@ def test_the_pipeline_sends_trials_to_the_cluster_and_names_the_workers(cluster,
     assert f"trials run on the Dask scheduler at {cluster.address}" in proc.stdout
     manifest = json.loads((results / "run_manifest.json").read_text())
     assert manifest["pool"]["scheduler"] == cluster.address and len(manifest["pool"]["workers"]) == 2
-    assert len(entries(results / "trials")) == 8  # 2 networks x 2 conditions x 2 seeds, in the client's cache
+    # the client's cache holds exactly the notebook's trials: tuning, primary and confirmation runs
+    record = json.loads((results / "steps" / "step1_bn_training.json").read_text())
+    proto, norms = Protocol.from_params(record["protocol"]), record["norms"]
+    lrs = {(r["arch"], r["norm"]): r["lr"] for r in record["lrs"]}
+    planned = proto.tuning(norms) + proto.runs(norms, lrs) + proto.runs(norms, lrs, "confirm")
+    expected = {json.dumps(c.to_dict(), sort_keys=True) for c in planned}
+    cached = [json.loads((results / "trials" / name).read_text()) for name in entries(results / "trials")]
+    assert len(cached) == len(expected) > 0
+    assert {json.dumps(trials.Trial.from_dict(c["trial"]).config.to_dict(), sort_keys=True) for c in cached} == expected
     for worker in ("worker-a", "worker-b"):
         assert not (cluster.base / worker / "results").exists()

@@ -156,7 +156,7 @@ def test_kernels_refuse_bad_input(call, message):
 def test_notebook_tables_cover_the_registry():
     """The implementation-check notebook's tables: a row group per kind of the registry, numbers to glue."""
     worst, by_shape, numbers = check.builtin_comparison([(4, 24)], dtypes=("float64",))
-    assert set(worst.index.get_level_values("layer")) == {NORMS[k].label for k in CHECK_KINDS}
+    assert set(worst["layer"]) == {NORMS[k].label for k in CHECK_KINDS}
     assert numbers["max_rel_error_f64"] < 1e-10 and numbers["f64_agreement"].startswith("compute the same")
     table, numbers = check.gradient_checks([(4, 24)])
     assert len(table) == numbers["n_gradchecks"] == sum(len(kernels_of(k)) for k in CHECK_KINDS)
