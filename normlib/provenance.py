@@ -167,10 +167,10 @@ def run_values(manifest, notebook):
 
 
 def pool_table(manifest):
-    """The workers of the run's pool (manifest["pool"]): one row per worker with its host, CPU, cores and
+    """The workers of the run's pool (manifest["pool"]): one row per worker (address and name) with its host, CPU, cores and
     the versions it was checked against; empty when no notebook ran trials in this run."""
     pool = (manifest or {}).get("pool") or {}
-    rows = [{"worker": name, "host": w.get("host"), "cpu": w.get("cpu"), "cores": w.get("cores"),
+    rows = [{"worker": name, "name": w.get("name"), "host": w.get("host"), "cpu": w.get("cpu"), "cores": w.get("cores"),
              "trials at once": w.get("trials at once"), "torch threads per trial": w.get("torch threads"),
              "CUDA": w.get("cuda"), "torch": w.get("torch"), "kernels": w.get("kernels"),
              "normlib code": w.get("normlib code")} for name, w in pool.get("workers", {}).items()]

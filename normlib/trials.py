@@ -161,15 +161,15 @@ def machine():
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
 
 
-def report():
-    """A worker's environment and machine (run on every worker before the first trial), and how many
-    trials it runs at once (its threads; each trial uses THREADS torch threads)."""
-    try:
-        from distributed import get_worker
-        at_once = get_worker().state.nthreads
-    except (ImportError, ValueError, AttributeError):
-        at_once = 1
-    return {"environment": environment(), "machine": {**machine(), "trials at once": at_once, "torch threads": THREADS}}
+def report(dask_worker=None):
+    """A worker's environment and machine (run on every worker before the first trial, by Client.run), its
+    name, and how many trials it runs at once (its threads; each trial uses THREADS torch threads)."""
+    if dask_worker is not None:  # Client.run passes the worker to a function that takes dask_worker
+        at_once, name = dask_worker.state.nthreads, str(dask_worker.name)  # `dask worker --name`, else Dask's
+    else:
+        at_once, name = 1, _worker_name()
+    return {"environment": environment(),
+            "machine": {"name": name, **machine(), "trials at once": at_once, "torch threads": THREADS}}
 
 
 def differences(expected, found):

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_repo, run_cli, tail
-from normlib import data, executors, trials
+from normlib import data, executors, provenance, trials
 from normlib.paths import data_dir
 from normlib.protocol import Protocol
 from normlib.train import TrainConfig
@@ -174,9 +174,11 @@ def test_a_worker_with_two_threads_gives_the_same_results(tmp_path, local):
     try:
         c.add_worker("worker-threads", nthreads=2)  # two trials at once in one process
         results = trials.run_trials(CONFIGS + PROBED, scheduler=c.address, cache=tmp_path / "cache", progress=False)
+        described = trials.check_workers(executors.Dask(c.address))
     finally:
         c.close()
     assert comparable(results) == comparable(local)
+    assert [(r["machine"]["name"], r["machine"]["trials at once"]) for r in described.values()] == [("worker-threads", 2)]
 
 
 def test_a_worker_killed_mid_grid_changes_nothing(cluster, tmp_path, local):
@@ -222,6 +224,8 @@ def test_the_pipeline_sends_trials_to_the_cluster_and_names_the_workers(cluster,
     assert f"trials run on the Dask scheduler at {cluster.address}" in proc.stdout
     manifest = json.loads((results / "run_manifest.json").read_text())
     assert manifest["pool"]["scheduler"] == cluster.address and len(manifest["pool"]["workers"]) == 2
+    assert sorted(w["name"] for w in manifest["pool"]["workers"].values()) == ["worker-a", "worker-b"]  # --name
+    assert list(provenance.pool_table(manifest)["name"].sort_values()) == ["worker-a", "worker-b"]  # procedure page
     # the client's cache holds exactly the notebook's trials: tuning, primary and confirmation runs
     record = json.loads((results / "steps" / "step1_bn_training.json").read_text())
     proto, norms = Protocol.from_params(record["protocol"]), record["norms"]

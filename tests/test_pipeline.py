@@ -204,6 +204,9 @@ def test_unchanged_notebooks_are_not_executed_again(book):
     for flag in ("--rerun", "--force"):
         proc = run_pipeline(book, "--no-book", "--set", "beta.epochs=3", flag)
         assert proc.stdout.count("done in") == 2 and "up to date" not in proc.stdout, (flag, proc.stdout)
+    # and so does another results folder (NORMLIB_RESULTS): its cache and records are what the analyses read
+    moved = run_pipeline(book, "--no-book", "--set", "beta.epochs=3", env={"NORMLIB_RESULTS": str(book / "elsewhere")})
+    assert moved.stdout.count("done in") == 2 and "up to date" not in moved.stdout, moved.stdout
 
 
 @pytest.mark.slow

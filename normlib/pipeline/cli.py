@@ -114,7 +114,8 @@ def plan_run(args):
     to_run = plan(profile_name, profile, parse_sets(args.set), declared, selected, force=args.force)
     _checked(kernels.backend)  # a bad NORMLIB_KERNELS is a bad request
     check_data()
-    environment = environment_digest()
+    # the results folder too: its trial cache and records are what the analyses read (NORMLIB_RESULTS moves it)
+    environment = environment_digest() + str(results.resolve())
     stamps, reused = {}, {}
     for n in selected:  # book order: a notebook's prerequisites are stamped before it
         source = nb_dir / f"{n}.ipynb"
