@@ -200,6 +200,15 @@ def panels(frame, x, ys, *, hue="norm", logx=False, logy=(), diverged=None):
     return _finish(fig, axes[0], 0.88)
 
 
+def _quantile_band(ax, d, color):
+    """A median line inside its band: d has one column per quantile (low, middle, high), indexed by step."""
+    lo, mid, hi = (d[q] for q in sorted(d.columns))
+    ax.fill_between(d.index, lo, hi, color=color, alpha=0.25)
+    ax.plot(d.index, lo, "--", color=color, lw=1.0, label="15th and 85th percentiles")
+    ax.plot(d.index, hi, "--", color=color, lw=1.0)
+    ax.plot(d.index, mid, "-", color=color, lw=1.6, label="median")
+
+
 def percentile_traces(frame, *, col="norm"):
     """Ioffe & Szegedy 2015, Fig. 1b-c: one unit's input percentiles over training (rows of
     studies.drift_frame for one seed), one panel per condition; 15th-85th band, median line."""
@@ -207,12 +216,7 @@ def percentile_traces(frame, *, col="norm"):
     fig, axes = plt.subplots(1, len(panels_), figsize=(4.6 * len(panels_), 3.6), squeeze=False, sharey=True)
     for ax, panel in zip(axes[0], panels_):
         d = frame[frame[col] == panel].pivot_table(index="step", columns="quantile", values="value")
-        lo, mid, hi = (d[q] for q in sorted(d.columns))
-        color = NORM_COLORS.get(panel, "#333")
-        ax.fill_between(d.index, lo, hi, color=color, alpha=0.25)
-        ax.plot(d.index, lo, "--", color=color, lw=1.0, label="15th and 85th percentiles")
-        ax.plot(d.index, hi, "--", color=color, lw=1.0)
-        ax.plot(d.index, mid, "-", color=color, lw=1.6, label="median")
+        _quantile_band(ax, d, NORM_COLORS.get(panel, "#333"))
         ax.set_title(NORM_LABELS.get(panel, panel))
         ax.set_xlabel(_axis_label("step"))
     axes[0][0].set_ylabel("input to the sigmoid")
@@ -252,12 +256,7 @@ def percentile_grid(frame, layers, *, col="norm"):
         for ax, cond in zip(axes[i], conds):
             d = frame[(frame["layer"] == layer) & (frame[col] == cond)].pivot_table(index="step", columns="quantile",
                                                                                     values="value")
-            lo, mid, hi = (d[q] for q in sorted(d.columns))
-            color = NORM_COLORS.get(cond, "#333")
-            ax.fill_between(d.index, lo, hi, color=color, alpha=0.25)
-            ax.plot(d.index, lo, "--", color=color, lw=1.0, label="15th and 85th percentiles")
-            ax.plot(d.index, hi, "--", color=color, lw=1.0)
-            ax.plot(d.index, mid, "-", color=color, lw=1.6, label="median")
+            _quantile_band(ax, d, NORM_COLORS.get(cond, "#333"))
             ax.set_title(f"{NORM_LABELS.get(cond, cond)}: {label}", fontsize="small")
             ax.set_xlabel(_axis_label("step"))
     axes[0][0].legend(loc="best", fontsize="small")
