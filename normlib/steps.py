@@ -45,13 +45,18 @@ def run_protocol(proto, norms, workers=0, force=False):
 
 
 def lr_summary(lrs, grid=None):
-    """'MLP: no normalization 0.1, batch norm 0.03; CNN: ...', a rate at the edge of the grid marked
-    "(edge of the grid)"."""
+    """How the rates were chosen and what they are: with the grid they were tuned on, 'each condition at
+    its own rate, the best of the grid on separate tuning seeds (MLP: no normalization 0.1, batch norm
+    0.03; CNN: ...)', a rate at the edge of the grid marked "(edge of the grid)"; without (lr set), 'every
+    condition at the rate this run set, 0.1 (no tuning)'."""
+    if not grid:
+        return f"every condition at the rate this run set, {', '.join(sorted({f'{lr:g}' for lr in lrs.values()}))} (no tuning)"
     by_arch = {}
     for (arch, norm), lr in lrs.items():
-        edge = grid and proto_edge(lr, grid)
+        edge = proto_edge(lr, grid)
         by_arch.setdefault(arch, []).append(f"{figures.norm_label(norm)} {lr:g}" + (" (edge of the grid)" if edge else ""))
-    return "; ".join(f"{NETWORKS.get(a, a)}: {', '.join(v)}" for a, v in by_arch.items())
+    rates = "; ".join(f"{NETWORKS.get(a, a)}: {', '.join(v)}" for a, v in by_arch.items())
+    return f"each condition at its own rate, the best of the grid on separate tuning seeds ({rates})"
 
 
 def proto_edge(lr, grid):

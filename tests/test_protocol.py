@@ -102,3 +102,12 @@ def test_manifest_applies_only_to_the_run_it_describes(tmp_path):
     assert not provenance.manifest_applies(loaded, "procedure", {"val_size": 5000})
     assert not provenance.manifest_applies(loaded, "step1_bn_training", {})
     assert provenance.load_manifest(tmp_path / "absent.json") is None
+
+
+def test_lr_summary_says_how_the_rates_were_chosen():
+    from normlib.steps import lr_summary
+    tuned = lr_summary({("mlp", "none"): 0.1, ("mlp", "batch"): 0.3}, grid=(0.01, 0.1, 0.3))
+    assert tuned.startswith("each condition at its own rate, the best of the grid on separate tuning seeds (")
+    assert "batch norm 0.3 (edge of the grid)" in tuned and "no normalization 0.1," in tuned
+    fixed = lr_summary({("mlp", "none"): 0.1, ("mlp", "batch"): 0.1})
+    assert fixed == "every condition at the rate this run set, 0.1 (no tuning)"
