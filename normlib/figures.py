@@ -174,7 +174,9 @@ STUDY_LABELS = {
     "lr": "learning rate", "init_scale": "weight-initialization scale (std)",
     "step": "step (mini-batches)", "position": "normalization position", "norm": "normalization",
     "grad_spread": "gradient spread, log10(max / min layer RMS)", "effective_step": "effective step, mean ||dW|| / ||W||",
-    "signal_kept_deep": "var / (var + eps), deepest norm, at init", "median_shift": "median shift (in mean 15-85 spreads)",
+    "signal_kept_deep": "var / (var + eps), deepest norm, at init",
+    "rep_dims": "dimensions of the last hidden representation, end",
+    "weight_rank": "stable rank of hidden weights, end", "median_shift": "median shift (in mean 15-85 spreads)",
     "setback": "setback (largest rise of the validation loss)", "activation": "activation", "condition": "regularizer",
     "value": "value",
 }

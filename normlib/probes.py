@@ -14,7 +14,9 @@
 - ScaleProbe: per linear layer the weight norm and the relative size of each update ||dW|| / ||W||
   (the effective step of a layer whose output a normalization makes invariant to the scale of W), and
   per normalization slot the variance of its input, over the features of an example (what layer norm
-  divides by) and over the batch (batch norm), beside the norm's epsilon.
+  divides by) and over the batch (batch norm), beside the norm's epsilon; the stable rank of each
+  weight, and how many dimensions the examples' representation spans where it enters the output layer
+  (participation_ratio; 1 when every example maps onto one line).
 - EvalProbe: loss and accuracy in evaluation mode on a given set (the training set, for the
   generalization gap).
 - BatchStatsProbe: at the end, the validation set evaluated three ways: batch norm with its running
@@ -39,6 +41,22 @@ from normlib.models import VARIANTS
 from normlib.train import evaluate, train
 
 QUANTILES = (0.15, 0.5, 0.85)
+
+
+def participation_ratio(z):
+    """How many dimensions rows of z (examples x features) spread over: (sum l)^2 / sum l^2 over the
+    eigenvalues l of their covariance. k for variance spread evenly over k directions, 1 when every
+    example lies on one line through the mean, 0 when all are equal; unchanged by scaling z."""
+    z = z.double() - z.double().mean(0)
+    ev = torch.linalg.eigvalsh(z.T @ z / len(z)).clamp(min=0)
+    return float(ev.sum() ** 2 / (ev ** 2).sum()) if ev.sum() > 0 else 0.0
+
+
+def stable_rank(w):
+    """||W||_F^2 / ||W||_2^2 of a weight (flattened to output x input): 1 for a rank-one matrix, k for k
+    orthogonal directions of equal size; unchanged by scaling W."""
+    s = torch.linalg.svdvals(w.detach().double().flatten(1))
+    return float((s ** 2).sum() / s[0] ** 2) if s[0] > 0 else 0.0
 
 
 def _flat(tensors):
@@ -185,8 +203,9 @@ class GradRMSProbe:
 
 
 class ScaleProbe:
-    """Every `every` steps (and at step 1): per linear layer the Frobenius norm of its weight and the
-    relative size of the last update, ||W_t - W_{t-1}|| / ||W_{t-1}||; per normalization slot (norm1,
+    """Every `every` steps (and at step 1): per linear layer the Frobenius norm of its weight, its stable
+    rank and the relative size of the last update, ||W_t - W_{t-1}|| / ||W_{t-1}||; the participation
+    ratio of the examples' representation entering the output layer; per normalization slot (norm1,
     norm2, ...) the variance of its input over the examples x, per example over the features (layer
     norm's statistic) and per feature over the examples (batch norm's), each averaged. The weights of the
     step before are kept at every step (a copy of the linear layers' weights)."""
@@ -194,7 +213,8 @@ class ScaleProbe:
     def __init__(self, x, *, every=10):
         self.x, self.every = x, every
         self.previous = None
-        self.records = {"step": [], "weight_norm": [], "update": [], "var_example": [], "var_batch": []}
+        self.records = {"step": [], "weight_norm": [], "update": [], "var_example": [], "var_batch": [],
+                        "stable_rank": [], "rep_dims": []}
         self.layers, self.norms = [], []
 
     @torch.no_grad()
@@ -209,24 +229,27 @@ class ScaleProbe:
                           for w, p in zip(weights, self.previous)]
             else:
                 update = [float("nan")] * len(weights)
-            var_example, var_batch = self._input_variances(model)
-            for k, v in zip(self.records, (step, norms, update, var_example, var_batch)):
+            var_example, var_batch, rep_dims = self._inputs(model)
+            ranks = [stable_rank(w) for w in weights]
+            for k, v in zip(self.records, (step, norms, update, var_example, var_batch, ranks, rep_dims)):
                 self.records[k].append(v)
         self.previous = [w.clone() for w in weights]
 
-    def _input_variances(self, model):
+    def _inputs(self, model):
+        """The norms' input variances (per example, per feature) and the participation ratio of the
+        output layer's input, on a copy in training mode."""
         probe = copy.deepcopy(model).train()
         names = [name for name, _ in probe.named_children() if name.startswith("norm")]
         self.norms = names
         seen = {}
         handles = [getattr(probe, name).register_forward_pre_hook(
-            lambda _m, inputs, name=name: seen.setdefault(name, inputs[0].flatten(1))) for name in names]
+            lambda _m, inputs, name=name: seen.setdefault(name, inputs[0].flatten(1))) for name in names + ["out"]]
         probe(self.x)
         for h in handles:
             h.remove()
         per_example = [seen[n].var(dim=1, unbiased=False).mean().item() for n in names]  # (N, F) -> over F
         per_batch = [seen[n].var(dim=0, unbiased=False).mean().item() for n in names]  # over N
-        return per_example, per_batch
+        return per_example, per_batch, participation_ratio(seen["out"])
 
     def result(self):
         return dict(self.records, layers=self.layers, norms=self.norms)

@@ -446,7 +446,10 @@ def init_scale_table(results):
     layers: the mean relative update ||dW||/||W|| over training (the effective step), the weight norm's
     growth (last / first), and the share of the norm input's variance that survives epsilon,
     var / (var + eps), at the first record, in the deepest normalized layer (its statistic: per example for
-    layer norm, per feature for batch norm)."""
+    layer norm, per feature for batch norm); at the last record, the participation ratio of the
+    representation entering the output layer (rep_dims: how many dimensions the examples spread over) and
+    the mean stable rank of the hidden-to-hidden weights (weight_rank; the first layer, from the image, and
+    the output layer left out)."""
     rows = []
     for r in results:
         h, p = r.history, r.probe
@@ -462,6 +465,8 @@ def init_scale_table(results):
                      "effective_step": float(np.nanmean(upd)) if upd.size else math.nan,
                      "weight_growth": float(np.mean(wn[-1, :-1] / wn[0, :-1])),
                      "signal_kept_deep": float(kept[-1]), "signal_kept_first": float(kept[0]),
+                     "rep_dims": float(p["rep_dims"][-1]),
+                     "weight_rank": float(np.mean(np.asarray(p["stable_rank"], dtype=float)[-1, 1:-1])),
                      "diverged": c.failed})
     return pd.DataFrame(rows)
 
@@ -525,7 +530,8 @@ def init_scale_status(fam, table, default_eps):
 
 def init_scale_page(P):
     """The init-scale page: the sweep and its family (trains / fails per scale), the mechanism in numbers
-    (effective step, weight growth, signal kept by epsilon), figures fig_init_scale and fig_init_mechanism."""
+    (effective step, weight growth, signal kept by epsilon, dimensions of the representation and stable rank
+    of the weights), figures fig_init_scale and fig_init_mechanism."""
     results = run_trials(init_scale_trials(P), workers=P["workers"], force=P["force"])
     table = init_scale_table(results)
     eps0 = TrainConfig().norm_eps
@@ -535,7 +541,7 @@ def init_scale_page(P):
     small, large = float(main["init_scale"].min()), float(main["init_scale"].max())
     at = lambda n, s, col, e=eps0: table[(table["norm"] == n) & (table["init_scale"] == s) & (table["eps"] == e)][col]  # noqa: E731
     values = {**_n(P), **init_scale_status(fam, table, eps0), "init_small": small, "init_large": large,
-              "init_depth": P["depth"], "init_threshold": points(P["acc_threshold"], False),
+              "init_depth": P["depth"], "init_lr": P["lr"], "init_threshold": points(P["acc_threshold"], False),
               "init_margin": margin_text(P["margin"]),
               "init_runs": _runs_text(results), "init_n_scales": len(P["init_scales"]), "init_eps0": eps0,
               "init_eps_values": list_text([e for e in P["eps_values"] if e != eps0]),
@@ -548,10 +554,13 @@ def init_scale_page(P):
             values[f"init_step_{n}_{end}"] = level_text(at(n, s, "effective_step"), "ratio")
             values[f"init_growth_{n}_{end}"] = level_text(at(n, s, "weight_growth"), "ratio")
             values[f"init_kept_{n}_{end}"] = level_text(at(n, s, "signal_kept_deep"), "ratio")
+            values[f"init_dims_{n}_{end}"] = level_text(at(n, s, "rep_dims"), "ratio")
+            values[f"init_rank_{n}_{end}"] = level_text(at(n, s, "weight_rank"), "ratio")
         means = main[main["norm"] == n].groupby("init_scale")["best_val_acc"].mean()
         best = float(means.idxmax())
         values[f"init_best_scale_{n}"] = best
         values[f"init_step_{n}_best"] = level_text(at(n, best, "effective_step"), "ratio")
+        values[f"init_dims_{n}_best"] = level_text(at(n, best, "rep_dims"), "ratio")
     other = [e for e in P["eps_values"] if e != eps0]
     for n in ("batch", "layer"):
         e = other[0] if other else eps0
@@ -562,14 +571,17 @@ def init_scale_page(P):
     glue_values(values)
     glue_figure("fig_init_scale", figures.panels(main, "init_scale", ["best_val_acc", "final_train_loss"], logx=True,
                                                  logy=("final_train_loss",), diverged="diverged"))
-    glue_figure("fig_init_mechanism", figures.panels(main, "init_scale", ["effective_step", "signal_kept_deep"],
+    glue_figure("fig_init_mechanism", figures.panels(main, "init_scale", ["effective_step", "signal_kept_deep", "rep_dims"],
                                                      logx=True, logy=("effective_step", "signal_kept_deep")))
     summary = pd.DataFrame([{"condition": norm_label(n), "scale": f"{s:g}", "epsilon": f"{e:g}",
                              "best validation accuracy": level_text(g["best_val_acc"]),
                              "effective step (mean ||dW||/||W||)": level_text(g["effective_step"], "ratio"),
                              "weight norm, last / first": level_text(g["weight_growth"], "ratio"),
                              "signal kept by epsilon, deepest norm": level_text(g["signal_kept_deep"], "ratio")
-                             if n != "none" else "", "diverged": int(g["diverged"].sum())}
+                             if n != "none" else "",
+                             "representation dimensions, end": level_text(g["rep_dims"], "ratio"),
+                             "stable rank of hidden weights, end": level_text(g["weight_rank"], "ratio"),
+                             "diverged": int(g["diverged"].sum())}
                             for (n, s, e), g in table.groupby(["norm", "init_scale", "eps"], sort=False)])
     return SimpleNamespace(verdicts=family_table(fam), summary=summary, table=table, family=fam)
 

@@ -420,7 +420,8 @@ def test_init_scale_margin_keeps_a_mean_near_the_threshold_undecided():
 def test_init_scale_table_reads_the_probe():
     p = {"update": [[np.nan] * 3, [0.1, 0.3, 9.0], [0.1, 0.3, 9.0]], "weight_norm": [[1, 2, 5], [2, 2, 5], [3, 4, 5]],
          "var_example": [[1e-5, 1e-6]] * 3, "var_batch": [[1.0, 1.0]] * 3, "layers": ["fc1", "fc2", "out"],
-         "norms": ["norm1", "norm2"], "step": [1, 2, 3]}
+         "norms": ["norm1", "norm2"], "step": [1, 2, 3], "rep_dims": [9.0, 2.0, 1.5],
+         "stable_rank": [[5, 5, 5], [5, 4, 5], [7, 2.5, 1]]}
     h = History(config={"norm": "layer", "norm_eps": 1e-5, "init_scale": 1e-4, "seed": 0, "epochs": 1,
                         "max_steps": 0, "evals_per_epoch": 1}, val_acc=[0.3], val_loss=[2.0], eval_step=[3],
                 train_loss=[2.0], steps_per_epoch=3)
@@ -428,6 +429,49 @@ def test_init_scale_table_reads_the_probe():
     assert r["effective_step"] == pytest.approx(0.2)  # hidden layers only, records after the first
     assert r["weight_growth"] == pytest.approx((3 + 2) / 2)
     assert r["signal_kept_first"] == pytest.approx(0.5) and r["signal_kept_deep"] == pytest.approx(1e-6 / 1.1e-5)
+    assert r["rep_dims"] == 1.5 and r["weight_rank"] == 2.5  # the last record; hidden-to-hidden weights only
+
+
+def test_participation_ratio_counts_the_directions_the_examples_spread_over():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(4000, 6, generator=g, dtype=torch.float64)
+    for k in (1, 3, 6):
+        z = torch.zeros(4000, 20, dtype=torch.float64)
+        z[:, :k] = base[:, :k]  # variance spread evenly over k directions
+        assert probes.participation_ratio(z) == pytest.approx(k, rel=0.05)
+        assert probes.participation_ratio(1e-6 * z + 5.0) == pytest.approx(probes.participation_ratio(z))  # scale, shift
+    line = torch.randn(500, 1, generator=g) * torch.randn(1, 20, generator=g)  # every example on one line
+    assert probes.participation_ratio(line) == pytest.approx(1.0, abs=1e-6)
+    assert probes.participation_ratio(torch.ones(10, 5)) == 0.0
+    uneven = base[:, :2] * torch.tensor([1.0, 0.1], dtype=torch.float64)  # a second direction 100x weaker in variance
+    assert 1.0 < probes.participation_ratio(uneven) < 1.05
+
+
+def test_stable_rank_counts_the_directions_of_a_weight():
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(50, 50, generator=g, dtype=torch.float64))
+    for k in (1, 4, 50):
+        w = q[:, :k] @ q[:, :k].T  # k orthogonal directions of equal size
+        assert probes.stable_rank(w) == pytest.approx(k) and probes.stable_rank(1e-4 * w) == pytest.approx(k)
+    signs = torch.sign(torch.randn(50, 1, generator=g)) @ torch.sign(torch.randn(1, 50, generator=g))
+    assert probes.stable_rank(signs) == pytest.approx(1.0)  # the sign pattern of an outer product
+    assert probes.stable_rank(torch.zeros(3, 3)) == 0.0
+
+
+def test_scale_probe_sees_a_collapsed_representation():
+    torch.manual_seed(0)
+    model = build_model("mlp", "layer", hidden=(16, 16))
+    x = torch.randn(64, 1, 28, 28)
+    probe = probes.ScaleProbe(x, every=1)
+    probe(1, model)
+    with torch.no_grad():  # fc2 of rank one: layer norm over its output leaves one pattern, up to its sign
+        u, v = torch.randn(16, 1), torch.randn(1, 16)
+        model.fc2.weight.copy_(u @ v)
+        model.fc2.bias.zero_()
+    probe(2, model)
+    r = probe.result()
+    assert r["rep_dims"][0] > 2 and r["rep_dims"][1] == pytest.approx(1.0, abs=1e-3)  # eps bends the line a little
+    assert r["stable_rank"][1][1] == pytest.approx(1.0) and r["stable_rank"][1][0] == r["stable_rank"][0][0]
 
 
 # ---------------------------------------------------------------------------------------------
