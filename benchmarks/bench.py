@@ -413,13 +413,17 @@ def bench_grid(trials, epochs, train_size):
                         device="cpu") for s in range(2)]
     times, results = {}, {}
     for workers in (1, 2):
-        with executors.start_local_cluster(workers) as cluster, tempfile.TemporaryDirectory() as cache:
-            pool = executors.Dask(cluster.scheduler_address)
-            pool.workers(lambda: _warm_worker(train_size))  # every worker: imports, kernels, the stored splits
-            run_trials(warm[:workers], scheduler=cluster.scheduler_address, cache=cache, progress=False)
-            start = time.perf_counter()
-            results[workers] = run_trials(configs, scheduler=cluster.scheduler_address, cache=cache, progress=False)
-            times[workers] = [time.perf_counter() - start]
+        cluster = executors.start_local_cluster(workers)
+        try:
+            with tempfile.TemporaryDirectory() as cache:
+                pool = executors.Dask(cluster.scheduler_address)
+                pool.workers(lambda: _warm_worker(train_size))  # every worker: imports, kernels, the stored splits
+                run_trials(warm[:workers], scheduler=cluster.scheduler_address, cache=cache, progress=False)
+                start = time.perf_counter()
+                results[workers] = run_trials(configs, scheduler=cluster.scheduler_address, cache=cache, progress=False)
+                times[workers] = [time.perf_counter() - start]
+        finally:
+            executors.stop_local_cluster(cluster)
     same = all(a.history.step_loss == b.history.step_loss and a.history.test_acc == b.history.test_acc
                for a, b in zip(results[1], results[2]))
     per_trial = statistics.median(r.history.wall_time for r in results[1])

@@ -148,6 +148,15 @@ def connect(address):
     return client
 
 
+def stop_local_cluster(cluster):
+    """Close this process's client of a LocalCluster, then the cluster (a client left open tries to
+    reconnect for 10 s and logs errors once its scheduler is gone)."""
+    client = _CLIENTS.pop(cluster.scheduler_address, None)
+    if client is not None:
+        client.close()
+    cluster.close()
+
+
 class Dask:
     kind = "Dask"
 

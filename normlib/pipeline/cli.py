@@ -148,7 +148,7 @@ def plan_run(args):
             _checked(params.check_writable, path, what)
     except PipelineError:
         if pool and pool.cluster:
-            pool.cluster.close()
+            executors.stop_local_cluster(pool.cluster)
         raise
     return SimpleNamespace(root=root, nb_dir=nb_dir, book_nb_dir=book_nb_dir, results=results, to_run=to_run,
                            manifest=manifest, pool=pool)
@@ -166,7 +166,7 @@ def start_pool(scheduler, workers):
         reports = _checked(trials.check_workers, _checked(executors.Dask, scheduler))
     except BaseException:
         if cluster is not None:
-            cluster.close()
+            executors.stop_local_cluster(cluster)
         raise
     kind = f"a local pool of {len(reports)} worker processes" if cluster else f"the Dask scheduler at {scheduler}"
     describe = {"scheduler": scheduler, "kind": kind, "workers": {
@@ -210,7 +210,7 @@ def run_request(args):
         n_run = run_notebooks(m, r.to_run, r.nb_dir, r.book_nb_dir, r.results, kernel, progress)
     finally:
         if r.pool and r.pool.cluster:
-            r.pool.cluster.close()
+            executors.stop_local_cluster(r.pool.cluster)
     if n_run:
         progress.summary()
     print(f"{n_run} notebooks executed in {time.perf_counter() - t_all:.1f} s"
