@@ -139,6 +139,12 @@ def dropout(v):
     return float(v)
 
 
+def warmup(v):
+    if not (_is_number(v) and 0 <= v < 1):
+        raise ValueError("must be a number in [0, 1) (the fraction of the steps spent warming up; 0: none)")
+    return float(v)
+
+
 def momentum(v):
     if not (_is_number(v) and 0 <= v < 1):
         raise ValueError("must be a number in [0, 1)")
@@ -216,6 +222,7 @@ RULES = {
     "confirm_split_seed": positive_int,
     "extra_norms": extra_norm_list,
     "momentum": momentum,
+    "warmup": warmup,
     "weight_decay": nonneg_float,
     "schedule": choice(SCHEDULES, "schedule"),
     "hidden": widths(),

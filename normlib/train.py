@@ -1,7 +1,8 @@
 """The trainer: one config in, one History out (nanoGPT-style frozen dataclass config).
 
 Mini-batch SGD with momentum, or Adam, over in-memory tensors batched by indexing, the learning
-rate decayed to 0 by a cosine over the run (default; "constant" keeps it fixed). Every
+rate decayed to 0 by a cosine over the run (default; "constant" keeps it fixed), optionally after a
+linear warmup from 0 over a fraction of the steps (lr_at). Every
 step records the training loss and the global gradient norm; every 1/evals_per_epoch of an
 epoch the validation set is evaluated (BN then uses its running statistics); the test set
 is evaluated once at the end. A non-finite loss stops the run and marks it diverged.
@@ -42,6 +43,7 @@ class TrainConfig:
     lr: float = 0.05                  # peak learning rate
     schedule: str = "cosine"          # constant | cosine (decays to 0 over the run, per step); with a
                                       # constant lr the last iterate's test accuracy jitters by ~1 point
+    warmup: float = 0.0               # fraction of the steps over which the rate rises linearly from 0
     momentum: float = 0.9             # SGD only
     weight_decay: float = 0.0
     batch_size: int = 128
@@ -177,6 +179,18 @@ def make_optimizer(config, params):
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
+def lr_at(config, step, total):
+    """The learning rate of 1-based optimizer step `step` of a run of `total` steps: a linear rise over the
+    first round(warmup * total) steps (step k of W at lr * k / W), then the schedule over the steps left:
+    constant, or a cosine from lr at the first step after the warmup to 0 at the end."""
+    warm = round(config.warmup * total)
+    if step <= warm:
+        return config.lr * step / warm
+    if config.schedule == "constant":
+        return config.lr
+    return config.lr * 0.5 * (1 + math.cos(math.pi * (step - 1 - warm) / (total - warm)))
+
+
 def train(config, data=None, *, hooks=(), progress=False, build=None, device=None):
     """Train one model from scratch and return its History.
     data: Splits (default: load_fashion_mnist with the config's split); hooks: callables
@@ -235,9 +249,9 @@ def train(config, data=None, *, hooks=(), progress=False, build=None, device=Non
             if not (math.isfinite(loss_v) and math.isfinite(gnorm_v)):
                 hist.diverged, hist.diverged_step = True, step
                 break
-            if config.schedule == "cosine":
+            if config.schedule == "cosine" or config.warmup:
                 for group in opt.param_groups:
-                    group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
+                    group["lr"] = lr_at(config, step, total)
             opt.step()
             for hook in hooks:
                 hook(step, model)

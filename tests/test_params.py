@@ -50,6 +50,7 @@ BAD = [
     ("activations", ["relu", "elu"], "parameter 'activations' = ['relu', 'elu']: unknown activation 'elu' (allowed: relu, sigmoid, tanh)"),
     ("norm_position", "middle", "parameter 'norm_position' = 'middle': unknown norm_position 'middle' (allowed: before, after)"),
     ("momentum", 1.0, "parameter 'momentum' = 1.0: must be a number in [0, 1)"),
+    ("warmup", 1.0, "parameter 'warmup' = 1.0: must be a number in [0, 1) (the fraction of the steps spent warming up; 0: none)"),
     ("workers", -1, "parameter 'workers' = -1: must be a non-negative integer"),
     ("force", "yes", "parameter 'force' = 'yes': must be true or false"),
     ("force", 1, "parameter 'force' = 1: must be true or false"),

@@ -163,6 +163,14 @@ def test_cosine_schedule(monkeypatch):
     assert learning_rates(monkeypatch, tiny(lr=0.1, schedule="constant")) == [0.1] * 8
 
 
+def test_warmup_rises_linearly_then_follows_the_schedule(monkeypatch):
+    """warmup=0.25 of 8 steps: 2 steps at lr/2 and lr, then the cosine over the 6 steps left (or constant)."""
+    lrs = learning_rates(monkeypatch, tiny(lr=0.1, epochs=2, warmup=0.25))
+    assert lrs == pytest.approx([0.05, 0.1] + [0.1 * 0.5 * (1 + math.cos(math.pi * k / 6)) for k in range(6)])
+    assert learning_rates(monkeypatch, tiny(lr=0.1, epochs=2, schedule="constant", warmup=0.25)) == \
+        pytest.approx([0.05, 0.1] + [0.1] * 6)
+
+
 @pytest.mark.parametrize("kw", [dict(norm="batch"), dict(norm="layer", optimizer="adam", lr=1e-3),
                                 dict(norm="weight", impl="torch"), dict(arch="cnn", norm="batch", channels=(4, 8),
                                                                         epochs=1)])
