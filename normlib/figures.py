@@ -336,7 +336,8 @@ def examples(images, labels, classes, per_row=5):
 # the main comparison (normlib.steps)
 
 MEASURE_LABELS = {
-    "steps_to_level": "steps to the convergence level", "setback": "setback (largest rise, share of progress)",
+    "steps_to_level": "steps to the convergence level", "spike": "spike (largest rise before the best, share of progress)",
+    "setback": "setback (largest rise, share of progress)",
     "best_test_loss": "test loss at the best-validation checkpoint", "best_val_loss": "best validation loss",
 }
 
@@ -364,7 +365,7 @@ def lr_curves(tuning, selected):
     return _finish(fig, axes[0], 0.9)
 
 
-def criteria(measures, names=("steps_to_level", "setback", "best_test_loss")):
+def criteria(measures, names=("steps_to_level", "spike", "best_test_loss")):
     """The primary measure of each criterion (columns) per network (rows): every run as a dot (a diverged
     one as x), the mean with its 95% interval as a diamond, per condition."""
     archs = list(dict.fromkeys(measures["arch"]))
@@ -392,7 +393,7 @@ def criteria(measures, names=("steps_to_level", "setback", "best_test_loss")):
     return fig
 
 
-def verdict_intervals(table, names=("steps_to_level", "setback", "best_test_loss")):
+def verdict_intervals(table, names=("steps_to_level", "spike", "best_test_loss")):
     """The primary comparisons as a forest plot: per measure (panels), each network x pair's difference
     (first - second) with its Welch 95% interval; filled when the verdict was confirmed on fresh seeds,
     hollow when it was established but not confirmed, grey when not established."""

@@ -10,7 +10,7 @@ as 10%: a classifier that bad has failed, and by how much is the size of an expl
 about the criterion. So a failed run is never dropped, it never contributes exploding numbers, and in
 every criterion it scores as a failure: it never reaches the convergence level (censored at the
 planned steps, even if its loss was below the level before it diverged: it did not converge), its
-stability setback is 1 (the largest possible), its final loss is ln(10).
+stability spike and setback are 1 (the largest possible), its final loss is ln(10).
 
 Convergence speed, primary: steps_to_level, the optimizer steps until the validation loss first reaches
 a level that every condition reaches, the crossing interpolated linearly in log loss between
@@ -29,18 +29,20 @@ first run of a process: comparable only between runs on the same hardware and se
 log_loss_auc, the mean log
 validation loss over training progress (the area under the curve), which mixes speed with level.
 
-Stability, primary: setback, the largest rise of the validation loss between two consecutive
-evaluations, as a share of the progress made so far (ln 10 minus the best validation loss up to then).
-0: the loss never rose on the fixed validation set; 1: a rise that undid all progress (a diverged run,
-or a jump back to chance). It reads only the fixed validation set, so the noise of fresh mini-batches in
-the training loss (which the earlier 'volatility' measured, and which grows as the loss falls) does not
-enter; a curve that is merely higher, or that made k times less progress with the same shape, has the
-same setback (it is invariant to scaling the curve's distance from chance); a slow rise from
-overfitting adds only its small rise per evaluation interval, while a spike counts in full. Its scale
-depends on the spacing of evaluations (4 per epoch in the main comparison), the same for every
-condition compared. Secondary: divergence (the rate of failed runs), the spread across seeds of the
-final validation loss (verdicts tests it with Brown-Forsythe), and, from a learning-rate sweep,
-lr_sensitivity (how much worse than a seed's best learning rate its neighbours on the grid are).
+Stability, primary: spike, the largest rise of the validation loss between two consecutive evaluations
+*before the run's best evaluation*, as a share of the progress made so far (ln 10 minus the best
+validation loss up to then). Every rise it counts is one the run later recovered from (its loss came back
+below where the rise started): a disturbance of training, not the slow climb of overfitting, which begins
+at the best evaluation and so is left out (with training to a plateau, a rise of the validation loss late
+in the run is mostly overfitting). 0: the loss never rose before its best on the fixed validation set;
+1: a rise that undid all progress (a failed run scores 1). It reads only the fixed validation set, so the
+noise of fresh mini-batches in the training loss does not enter; a curve that is merely higher, or that
+made k times less progress with the same shape, has the same spike. Its scale depends on the spacing of
+evaluations, the same for every condition compared. Secondary: setback (the same largest rise over the
+whole run, the rises after the best included: instability and overfitting together), divergence (the
+rate of failed runs), the spread across seeds of the final validation loss (verdicts tests it with
+Brown-Forsythe), and, from a learning-rate sweep, lr_sensitivity (how much worse than a seed's best
+learning rate its neighbours on the grid are).
 
 Final loss, primary: best_test_loss, the test loss at the best-validation checkpoint (the weights of
 the evaluation with the lowest validation loss, chosen without the test set). Secondary: best_test_acc
@@ -280,18 +282,36 @@ def log_loss_auc(curve):
     return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2) / x[-1]) if len(x) > 1 else float("nan")
 
 
+def _rise_shares(curve):
+    """Per evaluation, the rise of the validation loss since the previous one (from chance at step 0) as a
+    share of the progress made until then (ln 10 minus the best loss so far); 0 where it fell."""
+    loss = np.concatenate([[CHANCE_LOSS], curve.val_loss])
+    progress = CHANCE_LOSS - np.minimum.accumulate(loss)[:-1]  # best so far, before each evaluation
+    rise = np.maximum(loss[1:] - loss[:-1], 0.0)
+    return np.divide(rise, progress, out=np.zeros_like(rise), where=progress > 0)
+
+
 def setback(curve):
-    """Largest rise of the validation loss between consecutive evaluations, as a share of the progress
-    made until then (ln 10 minus the best loss so far): 0 = it never rose, 1 = all progress undone
-    (a failed run scores 1). See the module docstring for why this measures stability."""
+    """Largest rise of the validation loss between consecutive evaluations over the whole run, as a share
+    of the progress made until then: 0 = it never rose, 1 = all progress undone (a failed run scores 1).
+    It counts the climb of overfitting after the best evaluation too (spike leaves that out)."""
     if curve.failed:
         return 1.0
-    loss = np.concatenate([[CHANCE_LOSS], curve.val_loss])
-    best = np.minimum.accumulate(loss)[:-1]  # best so far, before each evaluation
-    progress = CHANCE_LOSS - best
-    rise = np.maximum(loss[1:] - loss[:-1], 0.0)
-    share = np.divide(rise, progress, out=np.zeros_like(rise), where=progress > 0)
+    share = _rise_shares(curve)
     return float(share.max()) if len(share) else float("nan")
+
+
+def spike(curve):
+    """Largest rise of the validation loss between consecutive evaluations up to the run's best (lowest)
+    evaluation, as a share of the progress made until then: only rises the run recovered from, so the
+    climb of overfitting after the best does not count. 0 = no rise before the best; a failed run scores 1.
+    See the module docstring for why this measures stability."""
+    if curve.failed:
+        return 1.0
+    if not len(curve.val_loss):
+        return float("nan")
+    best = int(np.argmin(curve.val_loss))  # the first evaluation at the lowest loss
+    return float(_rise_shares(curve)[:best + 1].max())
 
 
 def loss_at(curve, step):
@@ -315,7 +335,7 @@ def run_measures(h, level):
     final = (lambda v, chance: chance) if c.failed else (lambda v, chance: float(v))  # noqa: E731
     return {"diverged": c.failed, "diverged_step": h.diverged_step, "planned_steps": c.planned, "level": level,
             "steps_to_level": steps, "reached": reached, "seconds_to_level": steps * step_time,
-            "step_time": step_time, "log_loss_auc": log_loss_auc(c), "setback": setback(c),
+            "step_time": step_time, "log_loss_auc": log_loss_auc(c), "spike": spike(c), "setback": setback(c),
             "best_test_loss": min(final(h.best_test_loss, CHANCE_LOSS), CHANCE_LOSS),
             "best_test_acc": max(final(h.best_test_acc, CHANCE_ACC), CHANCE_ACC),
             "final_val_loss": float(c.val_loss[-1]) if len(c.val_loss) else float("nan"),

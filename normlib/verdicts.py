@@ -2,7 +2,7 @@
 (metrics.measures_table, one row per run, failed runs included at chance level).
 
 The family of primary comparisons is declared before any result is seen: per network, each criterion's
-primary measure (PRIMARY: steps to the loss level, setback, test loss at the best-validation checkpoint;
+primary measure (PRIMARY: steps to the loss level, spike, test loss at the best-validation checkpoint;
 lower is better for all three) and three pairs (PRIMARY_PAIRS: batch norm vs none, layer norm vs none,
 batch norm vs layer norm). Each comparison states both groups' n and number of failed (diverged) runs,
 their means with 95% Student-t intervals, the difference first minus second with its Welch 95% interval
@@ -57,8 +57,10 @@ MEASURES = {
     "seconds_to_level": Measure("convergence speed", "seconds to the level (steps x mean step time)", True,
                                 1e-3, "{:.1f}"),
     "log_loss_auc": Measure("convergence speed", "mean log validation loss over training", True, 1e-4),
-    "setback": Measure("stability", "largest rise of the validation loss, share of progress", True, 1e-4,
-                       bounds=(0.0, 1.0)),
+    "spike": Measure("stability", "largest recovered rise of the validation loss (before its best), share of "
+                     "progress", True, 1e-4, bounds=(0.0, 1.0)),
+    "setback": Measure("stability", "largest rise of the validation loss over the whole run, share of progress",
+                       True, 1e-4, bounds=(0.0, 1.0)),
     "failure_rate": Measure("stability", "share of runs that diverged", True, 0.0, "{:.2f}", (0.0, 1.0),
                             "Fisher", "diverged"),
     "final_val_loss_sd": Measure("stability", "spread across seeds of the final validation loss (SD)", True,
@@ -68,7 +70,7 @@ MEASURES = {
                              "{:.2%}", (0.0, 1.0)),
     "final_val_loss": Measure("final loss", "validation loss at the end of training", True, 1e-4),
 }
-PRIMARY = ("steps_to_level", "setback", "best_test_loss")  # one per criterion, declared before any result
+PRIMARY = ("steps_to_level", "spike", "best_test_loss")  # one per criterion, declared before any result
 SECONDARY = tuple(m for m in MEASURES if m not in PRIMARY)
 PRIMARY_PAIRS = (("batch", "none"), ("layer", "none"), ("batch", "layer"))
 
@@ -157,7 +159,7 @@ def compare(ga, gb, name, measure):
            "n_second": len(b), "diverged_second": int(gb["diverged"].sum()),
            "reached_first": int(ga["reached"].sum()) if "reached" in ga and name == "steps_to_level" else None,
            "reached_second": int(gb["reached"].sum()) if "reached" in gb and name == "steps_to_level" else None,
-           "test": measure.test, "hedges_g": math.nan}
+           "test": measure.test, "hedges_g": math.nan, "no_spread": False}
     if measure.test == "Brown-Forsythe":
         s = spread_test(a, b)
         return {**out, "mean_first": s["sd_a"], "lo_first": math.nan, "hi_first": math.nan, "mean_second": s["sd_b"],
@@ -177,15 +179,25 @@ def compare(ga, gb, name, measure):
     mb, lob, hib = mean_ci(b, bounds=bounds)
     diff, lo, hi = welch_ci(a, b)
     w = welch(a, b)
-    spread = len(a) > 1 and len(b) > 1 and min(a.std(ddof=1), b.std(ddof=1)) > measure.resolution
+    sd = [x.std(ddof=1) if len(x) > 1 else 0.0 for x in (a, b)]
+    spread = len(a) > 1 and len(b) > 1 and min(sd) > measure.resolution
+    # no spread on either side (every run of both conditions at the same value, e.g. a loss that never rose):
+    # a test would read a difference of constants as certain, or divide by zero; no verdict is stated
+    no_spread = len(a) > 1 and len(b) > 1 and max(sd) <= measure.resolution
     return {**out, "mean_first": ma, "lo_first": loa, "hi_first": hia, "mean_second": mb, "lo_second": lob,
-            "hi_second": hib, "diff": diff, "diff_lo": lo, "diff_hi": hi, "p": w["p"],
-            "hedges_g": w["g"] if spread else math.nan}
+            "hi_second": hib, "diff": diff, "diff_lo": lo, "diff_hi": hi, "p": math.nan if no_spread else w["p"],
+            "hedges_g": w["g"] if spread else math.nan, "no_spread": no_spread}
 
 
-def verdict_text(first, second, diff, p_decide, n_first, n_second, measure, alpha=ALPHA):
+NO_SPREAD = "not testable: no spread in either condition"
+
+
+def verdict_text(first, second, diff, p_decide, n_first, n_second, measure, alpha=ALPHA, no_spread=False):
     """(winner, text): the better condition and "batch norm lower" / "layer norm higher" when p_decide <
-    alpha with at least MIN_SEEDS runs a side; else ("", "not established")."""
+    alpha with at least MIN_SEEDS runs a side; ("", NO_SPREAD) when neither condition's runs spread (the
+    measure did not vary: nothing to compare); else ("", "not established")."""
+    if no_spread:
+        return "", NO_SPREAD
     if not (p_decide < alpha) or min(n_first, n_second) < MIN_SEEDS or diff == 0:
         return "", "not established"
     winner = first if (diff < 0) == measure.lower_is_better else second
@@ -212,8 +224,8 @@ def comparison_table(table, measures, pairs, family, networks=None, adjust=True,
         return out
     out["p_holm"] = holm(out["p"]) if adjust else math.nan
     decide = out["p_holm"] if adjust else out["p"]
-    verdicts = [verdict_text(r.first, r.second, r.diff, p, r.n_first, r.n_second, MEASURES[r.measure], alpha)
-                for r, p in zip(out.itertuples(), decide)]
+    verdicts = [verdict_text(r.first, r.second, r.diff, p, r.n_first, r.n_second, MEASURES[r.measure], alpha,
+                             bool(r.no_spread)) for r, p in zip(out.itertuples(), decide)]
     out["winner"] = [w for w, _ in verdicts]
     out["verdict"] = [v for _, v in verdicts]
     out["established"] = out["winner"] != ""
@@ -276,7 +288,8 @@ def confirm(first, fresh, alpha=ALPHA):
     """Merge a primary table with the same table on fresh seeds (and another split). Per comparison:
     "confirmed" when established in `first` and, in `fresh`, of the same sign with a Holm p < alpha, Holm
     over the comparisons established in `first`; "not confirmed" otherwise; "not established" when
-    `first` did not establish it. claim: the verdict when confirmed, else "not established"."""
+    `first` did not establish it. claim: the verdict when confirmed, NO_SPREAD for a measure that did not
+    vary in either condition, else "not established"."""
     cols = ["diff", "diff_lo", "diff_hi", "p", "n_first", "diverged_first", "n_second", "diverged_second"]
     out = first.merge(fresh[KEY + cols].rename(columns={c: c + "_fresh" for c in cols}), on=KEY, how="left")
     family = out["established"].to_numpy(bool)
@@ -285,7 +298,7 @@ def confirm(first, fresh, alpha=ALPHA):
     same_sign = np.sign(out["diff_fresh"]) == np.sign(out["diff"])
     ok = family & same_sign.to_numpy(bool) & (out["p_confirm"] < alpha).to_numpy(bool)
     out["confirmation"] = np.where(~family, "not established", np.where(ok, "confirmed", "not confirmed"))
-    out["claim"] = np.where(ok, out["verdict"], "not established")
+    out["claim"] = np.where(ok | (out["verdict"] == NO_SPREAD).to_numpy(bool), out["verdict"], "not established")
     out["confirmed_winner"] = np.where(ok, out["winner"], "")
     return out
 
@@ -393,14 +406,15 @@ def summary_values_to_glue(summary, prefix=""):
 
 
 def short_verdict(r):
-    """ "BN lower" / "not established": the verdict with short condition names."""
+    """ "BN lower" / "not established" / NO_SPREAD: the verdict with short condition names."""
     if not r["winner"]:
-        return "not established"
+        return NO_SPREAD if r["verdict"] == NO_SPREAD else "not established"
     return SHORT.get(r["winner"], r["winner"]) + r["verdict"][len(LABELS.get(r["winner"], r["winner"])):]
 
 
 SHORT_MEASURES = {"steps_to_level": "steps to the level", "seconds_to_level": "seconds to the level",
-                  "log_loss_auc": "area under the val. curve", "setback": "setback", "failure_rate": "share diverged",
+                  "log_loss_auc": "area under the val. curve", "spike": "spike (before the best)",
+                  "setback": "setback (whole run)", "failure_rate": "share diverged",
                   "final_val_loss_sd": "SD of final val. loss", "best_test_loss": "test loss (best checkpoint)",
                   "best_test_acc": "test accuracy (best checkpoint)", "final_val_loss": "final val. loss"}
 

@@ -92,19 +92,19 @@ def test_a_diverged_run_counts_as_failure_in_every_criterion():
     slow_survivor = run(falling(rate=2, floor=0.6), best_test_loss=0.7, best_test_acc=0.75)
     m, s = measures(good_start, level=0.8), measures(slow_survivor, level=0.8)
     assert m["diverged"] and not m["reached"] and m["steps_to_level"] == 1000  # censored at the planned steps
-    assert m["setback"] == 1.0                                                  # the largest possible
+    assert m["setback"] == 1.0 and m["spike"] == 1.0                            # the largest possible
     assert (m["best_test_loss"], m["best_test_acc"], m["final_val_loss"]) == (C, metrics.CHANCE_ACC, C)
     assert all(np.isfinite(v) for k, v in m.items() if isinstance(v, float))    # nothing NaN, nothing exploding
     # the slow run that survived is better on every primary measure
     assert s["reached"] and s["steps_to_level"] < m["steps_to_level"]
-    assert s["setback"] < m["setback"] and s["best_test_loss"] < m["best_test_loss"]
+    assert s["spike"] < m["spike"] and s["best_test_loss"] < m["best_test_loss"]
     t = metrics.measures_table([good_start, slow_survivor])
     assert len(t) == 2 and t["diverged"].tolist() == [True, False]              # kept, and flagged
 
 
 def test_a_run_that_diverges_at_once_is_still_a_failure():
     m = measures(run(falling(), diverged_step=3))
-    assert m["diverged"] and m["setback"] == 1.0 and m["steps_to_level"] == 1000 and m["best_test_loss"] == C
+    assert m["diverged"] and m["spike"] == 1.0 and m["steps_to_level"] == 1000 and m["best_test_loss"] == C
 
 
 # ----------------------------------------------------------------------------
@@ -224,6 +224,50 @@ def test_setback_barely_moves_with_slow_overfitting():
     jump = with_spikes(base, {30: 0.03})                          # a jump of a third of that, once
     assert measures(run(overfit))["setback"] < measures(run(jump))["setback"] / 5
     assert measures(run(overfit))["setback"] < 0.005
+
+
+def overfitting(rate=8.0, floor=0.3, rise=0.2, start=0.5):
+    """A smooth fall to a minimum at progress `start`, then a steady climb (+rise x the progress after it):
+    the shape of overfitting, with no disturbance of training in it."""
+    base = falling(rate, floor)(U)
+    return base * np.where(U > start, 1 + rise * (U - start), 1.0)
+
+
+def test_spike_is_zero_for_smooth_curves_and_for_overfitting():
+    """The primary stability measure ignores the climb after the best evaluation, which the setback counts."""
+    assert measures(run(falling(5, 0.3)))["spike"] == 0.0
+    assert measures(run(falling(2, 1.2)))["spike"] == 0.0  # merely higher and slower: not less stable
+    steep = measures(run(overfitting(rise=2.0)))             # +100% of the loss by the end
+    assert steep["spike"] == 0.0 and steep["setback"] > 0.005
+
+
+def test_spike_measures_a_recovered_disturbance():
+    """A jump of the validation loss that the run recovers from counts in full, at any point before the best;
+    a larger one scores higher."""
+    base = falling(5, 0.3)(U)
+    small, large = with_spikes(base, {20: 0.1}), with_spikes(base, {20: 0.4, 30: 0.1})
+    expected = (small[20] - base[19]) / (C - base[19])  # rise over the progress made until then
+    assert measures(run(small))["spike"] == pytest.approx(expected)
+    assert measures(run(large))["spike"] > measures(run(small))["spike"] > 0.04
+    late = with_spikes(overfitting(), {12: 0.1})  # the same jump in a run that overfits later: still counted
+    assert measures(run(late))["spike"] == pytest.approx((late[12] - late[11]) / (C - late[11]))
+
+
+def test_spike_is_invariant_to_the_scale_of_progress():
+    spiky = with_spikes(falling(5, 0.3), {12: 0.2, 25: 0.05})
+    half = C - 0.5 * (C - spiky)
+    assert measures(run(half))["spike"] == pytest.approx(measures(run(spiky))["spike"])
+    assert measures(run(spiky))["spike"] > 0.05
+
+
+def test_spike_separates_instability_from_overfitting_where_the_setback_cannot():
+    """Two runs, one that overfits steeply after its best (no disturbance) and one disturbed once and
+    recovered: the setback ranks the overfitting run as less stable, the spike ranks them as they are."""
+    overfit = overfitting(rise=2.0)
+    disturbed = with_spikes(falling(8, 0.3), {25: 0.01})
+    o, d = measures(run(overfit)), measures(run(disturbed))
+    assert o["setback"] > d["setback"]
+    assert o["spike"] < d["spike"]
 
 
 # ----------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def test_protocol_table_lists_every_field():
 def test_findings_and_summary_tables_come_from_the_verdict_table():
     import pandas as pd
     rows = [{"arch": "mlp", "norm": n, "seed": s, "split_seed": 0, "lr": 0.1, "diverged": False, "reached": True,
-             "planned_steps": 100, "steps_to_level": base + s, "setback": 0.01 * s, "best_test_loss": 0.3 + 0.01 * s,
+             "planned_steps": 100, "steps_to_level": base + s, "spike": 0.01 * s, "best_test_loss": 0.3 + 0.01 * s,
              "best_test_acc": 0.9, "final_val_loss": 0.3}
             for n, base in (("none", 80), ("batch", 40), ("layer", 60)) for s in range(5)]
     measures = pd.DataFrame(rows)

@@ -21,11 +21,11 @@ def runs(network, norm, n=5, diverged=(), **columns):
     rows = []
     for i in range(n):
         row = {"arch": network, "norm": norm, "seed": i, "planned_steps": 1000, "diverged": i in diverged,
-               "reached": True, "steps_to_level": 500.0, "setback": 0.01, "best_test_loss": 0.30,
+               "reached": True, "steps_to_level": 500.0, "spike": 0.01, "setback": 0.01, "best_test_loss": 0.30,
                "seconds_to_level": 5.0, "log_loss_auc": -0.5, "best_test_acc": 0.89, "final_val_loss": 0.31}
         row.update({k: (v[i] if np.ndim(v) else v) for k, v in columns.items()})
         if i in diverged:
-            row.update(steps_to_level=1000.0, reached=False, setback=1.0, best_test_loss=C, best_test_acc=0.1,
+            row.update(steps_to_level=1000.0, reached=False, spike=1.0, setback=1.0, best_test_loss=C, best_test_acc=0.1,
                        final_val_loss=C, seconds_to_level=10.0, log_loss_auc=0.0)
         rows.append(row)
     return rows
@@ -40,15 +40,32 @@ def study(network="mlp"):
     final loss than none; stability alike everywhere."""
     return pd.DataFrame(
         runs(network, "none", steps_to_level=jitter(700, 40), best_test_loss=jitter(0.33, 0.01),
-             setback=jitter(0.02, 0.004)) +
+             spike=jitter(0.02, 0.004)) +
         runs(network, "batch", steps_to_level=jitter(400, 40), best_test_loss=jitter(0.30, 0.01),
-             setback=jitter(0.02, 0.004)) +
+             spike=jitter(0.02, 0.004)) +
         runs(network, "layer", steps_to_level=jitter(690, 40), best_test_loss=jitter(0.315, 0.02),
-             setback=jitter(0.021, 0.004)))
+             spike=jitter(0.021, 0.004)))
 
 
 # ----------------------------------------------------------------------------
 # statistics
+
+def test_no_verdict_on_a_measure_without_spread_in_either_condition():
+    """Every run of both conditions at the same value (a loss that never rose: spike 0 everywhere, or two
+    constants): no test, no verdict, the page says so. One condition without spread is still tested."""
+    flat = pd.DataFrame(runs("mlp", "none", spike=0.0) + runs("mlp", "batch", spike=0.0) + runs("mlp", "layer", spike=0.0))
+    t = verdicts.primary_table(flat).set_index(["measure", "first", "second"]).xs("spike", level="measure")
+    assert t["no_spread"].all() and t["p"].isna().all() and (t["verdict"] == verdicts.NO_SPREAD).all()
+    constants = pd.DataFrame(runs("mlp", "none", spike=0.5) + runs("mlp", "batch", spike=0.0))
+    c = verdicts.comparison_table(constants, ["spike"], [("batch", "none")], "x", adjust=False).iloc[0]
+    assert c["verdict"] == verdicts.NO_SPREAD and not c["established"]  # not "batch norm lower" with p = 0
+    assert verdicts.short_verdict(c) == verdicts.NO_SPREAD
+    one = pd.DataFrame(runs("mlp", "none", spike=jitter(0.5, 0.1)) + runs("mlp", "batch", spike=0.0))
+    c = verdicts.comparison_table(one, ["spike"], [("batch", "none")], "x", adjust=False).iloc[0]
+    assert not c["no_spread"] and c["verdict"] == "batch norm lower"
+    merged = verdicts.confirm(verdicts.primary_table(flat), verdicts.primary_table(flat.assign(seed=flat.seed + 10)))
+    assert (merged[merged["measure"] == "spike"]["claim"] == verdicts.NO_SPREAD).all()
+
 
 def test_holm_by_hand():
     adjusted = verdicts.holm([0.01, 0.04, 0.03, 0.005])
@@ -108,11 +125,11 @@ def test_primary_verdicts_follow_holm_and_direction():
     assert speed["diff_lo"] < -300 < speed["diff_hi"] < 0
     assert t.loc[("steps_to_level", "batch", "layer"), "verdict"] == "batch norm lower"
     assert t.loc[("steps_to_level", "layer", "none"), "verdict"] == "not established"
-    assert (t.xs("setback", level="measure")["verdict"] == "not established").all()
+    assert (t.xs("spike", level="measure")["verdict"] == "not established").all()
     assert t.loc[("best_test_loss", "batch", "none"), "verdict"] == "batch norm lower"
     # direction: a higher-is-better measure names the winner "higher"
     acc = verdicts.comparison_table(study(), ["best_test_acc"], [("batch", "none")], "x", adjust=False)
-    assert acc["verdict"].item() == "not established"  # identical accuracies
+    assert acc["verdict"].item() == verdicts.NO_SPREAD  # identical accuracies: nothing to test
     hi = verdicts.comparison_table(pd.DataFrame(runs("mlp", "batch", best_test_acc=jitter(0.90)) +
                                                 runs("mlp", "none", best_test_acc=jitter(0.85))),
                                    ["best_test_acc"], [("batch", "none")], "x", adjust=False)
@@ -155,8 +172,8 @@ def test_no_hedges_g_when_a_group_has_no_spread():
 
 
 def test_too_few_runs_is_not_established():
-    t = pd.DataFrame(runs("mlp", "batch", n=2, steps_to_level=[400.0, 401.0]) +
-                     runs("mlp", "none", n=2, steps_to_level=[900.0, 901.0]))
+    t = pd.DataFrame(runs("mlp", "batch", n=2, steps_to_level=[400.0, 410.0]) +
+                     runs("mlp", "none", n=2, steps_to_level=[900.0, 910.0]))
     row = verdicts.comparison_table(t, ["steps_to_level"], [("batch", "none")], "x", adjust=False).iloc[0]
     assert row["p"] < 0.05 and row["verdict"] == "not established"
 
@@ -196,7 +213,7 @@ def test_an_outlier_condition_does_not_erase_pairwise_winners():
     three = verdicts.winners(verdicts.primary_table(t)).set_index("measure")
     assert three.loc["steps_to_level", "verdict"] == "batch norm best"
     assert three.loc["steps_to_level", "winner"] == "batch"
-    assert three.loc["setback", "winner"] == "" and three.loc["setback", "verdict"] == "not established"
+    assert three.loc["spike", "winner"] == "" and three.loc["spike", "verdict"] == "not established"
     assert three.loc["best_test_loss", "winner"] == ""  # BN beats none, but BN vs LN is not established
 
 
@@ -228,7 +245,7 @@ def test_confirm():
 
 
 def test_confirmation_is_holm_adjusted_over_the_established_family():
-    first = pd.DataFrame({"network": "mlp", "measure": ["steps_to_level", "setback", "best_test_loss"],
+    first = pd.DataFrame({"network": "mlp", "measure": ["steps_to_level", "spike", "best_test_loss"],
                           "first": "batch", "second": "none", "diff": [-1.0, -1.0, -1.0],
                           "established": [True, True, False], "verdict": "batch norm lower", "winner": "batch"})
     second = first.assign(diff=[-0.5, -0.5, -0.5], diff_lo=math.nan, diff_hi=math.nan, p=[0.03, 0.2, 0.001],
@@ -264,7 +281,7 @@ def test_glue_values_are_plain_python():
     assert g[base + "verdict"] == "batch norm lower" and g[base + "confirmation"] == "confirmed"
     assert g[base + "n_batch"] == 5 and g[base + "diverged_none"] == 0
     assert g[base + "diff"] == pytest.approx(-300) and g[base + "ci"].startswith("-300 [")
-    assert g["mlp_setback_layer_vs_none_verdict"] == "not established"
+    assert g["mlp_spike_layer_vs_none_verdict"] == "not established"
 
 
 def test_reader_table_and_line():
@@ -297,7 +314,7 @@ def test_from_histories_to_the_primary_table():
     summary = verdicts.condition_summary(table).set_index(["norm", "measure"])
     assert summary.loc[("batch", "steps_to_level"), "diverged"] == 1
     assert summary.loc[("batch", "steps_to_level"), "reached"] == 4
-    assert summary.loc[("batch", "setback"), "mean"] == pytest.approx(0.2)  # 4 x 0 + 1 failed run
+    assert summary.loc[("batch", "spike"), "mean"] == pytest.approx(0.2)  # 4 x 0 + 1 failed run
     corr = verdicts.criterion_correlations(table)["mlp"]
     assert corr.shape == (3, 3)
 
@@ -320,4 +337,4 @@ def test_summary_values_to_glue():
     assert all(type(v) in (float, int, str) for v in g.values())
     assert g["mlp_steps_to_level_batch"].startswith("400 [") and g["mlp_steps_to_level_batch_reached"] == 5
     assert (g["mlp_best_test_loss_weight_n"], g["mlp_best_test_loss_weight_diverged"]) == (5, 1)
-    assert g["mlp_steps_to_level_weight_reached"] == 4 and "mlp_setback_weight_reached" not in g
+    assert g["mlp_steps_to_level_weight_reached"] == 4 and "mlp_spike_weight_reached" not in g
