@@ -343,23 +343,31 @@ MEASURE_LABELS = {
 
 
 def lr_curves(tuning, selected):
-    """Best validation loss against the learning rate, per network (panels) and condition: mean and 95%
-    band over the tuning seeds, a failed run at chance (ln 10) and marked x; a star at each condition's
-    selected rate. tuning: protocol.tuning_table; selected: {(arch, norm): lr}."""
+    """Best validation loss against the learning rate, per network (panels) and condition, at the first
+    rung of the tuning (every rate, the shortest budget): mean and 95% band over the tuning seeds, a failed
+    run at chance (ln 10) and marked x; the rates of later rungs (longer budgets) as hollow points; a star
+    at each condition's selected rate, at the last rung it ran. tuning: protocol.tuning_table (its "steps"
+    column tells the rungs apart); selected: {(arch, norm): lr}."""
     archs = list(dict.fromkeys(tuning["arch"]))
     fig, axes = plt.subplots(1, len(archs), figsize=(5.4 * len(archs), 3.9), squeeze=False)
     for ax, arch in zip(axes[0], archs):
         d = tuning[tuning["arch"] == arch]
-        _band_plot(ax, d, "lr", "best_val_loss", marker="o")
-        _mark_diverged(ax, d, "lr", "best_val_loss", "norm", "failed")
+        first, later = d[d["steps"] == d["steps"].min()], d[d["steps"] > d["steps"].min()]
+        _band_plot(ax, first, "lr", "best_val_loss", marker="o")
+        _mark_diverged(ax, first, "lr", "best_val_loss", "norm", "failed")
+        for (norm, steps), g in later.groupby(["norm", "steps"], sort=False):
+            means = g.groupby("lr")["best_val_loss"].mean()
+            ax.scatter(means.index, means.to_numpy(), marker="o", s=40, facecolor="none",
+                       edgecolor=NORM_COLORS.get(norm, "#333"), zorder=5)
         for norm, g in d.groupby("norm", sort=False):
             lr = selected.get((arch, norm))
             if lr is not None:
-                ax.scatter([lr], [g[g["lr"] == lr]["best_val_loss"].mean()], marker="*", s=220,
+                last = g[g["steps"] == g["steps"].max()]
+                ax.scatter([lr], [last[last["lr"] == lr]["best_val_loss"].mean()], marker="*", s=220,
                            color=NORM_COLORS.get(norm, "#333"), edgecolor="black", zorder=6)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("learning rate (peak of the cosine schedule)")
+        ax.set_xlabel("learning rate (peak of the schedule)")
         ax.set_ylabel("best validation loss (tuning seeds)")
         ax.set_title(ARCH_LABELS.get(arch, arch))
     return _finish(fig, axes[0], 0.9)

@@ -327,6 +327,20 @@ def last_quarter_change(curve):
     return float(math.log(curve.val_loss[-1] / loss_at(curve, 0.75 * curve.planned)))
 
 
+PLATEAU_TOLERANCE = 0.02  # a condition has plateaued when its median run's last quarter moved the loss by <= 2%
+
+
+def plateau(changes, tolerance=PLATEAU_TOLERANCE):
+    """(median relative change of the validation loss over the last quarter, verdict) of a condition's runs
+    from their last_quarter_change (log ratios): "plateaued" within +-tolerance, else "still falling" or
+    "rising" (e.g. overfitting)."""
+    x = np.asarray([v for v in changes if v is not None and np.isfinite(v)], dtype=float)
+    if not len(x):
+        return float("nan"), "no finite run"
+    change = float(math.expm1(np.median(x)))
+    return change, ("plateaued" if abs(change) <= tolerance else "still falling" if change < 0 else "rising")
+
+
 def run_measures(h, level):
     """Every measure of one run (module docstring), under the failure rule; level: the convergence level."""
     c = completed_curve(h)

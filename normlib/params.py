@@ -184,6 +184,15 @@ def greater_than_one(v):
     return float(v)
 
 
+def budgets(v):
+    """Increasing fractions of the full run, each in (0, 1]: the rungs of successive halving."""
+    ok = isinstance(v, (list, tuple)) and v and all(_is_number(b) and 0 < b <= 1 for b in v)
+    if not (ok and all(a < b for a, b in zip(v, v[1:]))):
+        raise ValueError("must be a non-empty increasing list of fractions in (0, 1] (the rungs' budgets; [1.0]: "
+                         "the full grid)")
+    return [float(b) for b in v]
+
+
 def seed_list_or_empty(v):
     """A list of distinct non-negative integers, possibly empty (no extra seeds)."""
     if isinstance(v, (list, tuple)) and not v:
@@ -216,7 +225,7 @@ RULES = {
     "batch_sizes": list_of(positive_int, "positive integers"),
     "lr": optional(positive_float, "where a notebook selects each condition's rate"),
     "lrs": list_of(positive_float, "positive numbers"),
-    "fixed_lr": positive_float,
+    "tuning_budgets": budgets,
     "tuning_seeds": list_of(nonneg_int, "non-negative integers"),
     "confirm_seeds": list_of(nonneg_int, "non-negative integers"),
     "confirm_split_seed": positive_int,
@@ -227,6 +236,7 @@ RULES = {
     "schedule": choice(SCHEDULES, "schedule"),
     "hidden": widths(),
     "channels": widths(2),
+    "cnn_hidden": positive_int,
     "init_scale": optional(positive_float, "PyTorch's default initialization"),
     "norm_eps": positive_float,
     "dropout": dropout,
@@ -309,9 +319,6 @@ def validate(params: dict, *, known: set | None = None) -> dict:
         if shared:
             raise ParameterError(f"parameter {b!r} = {list(sets[b])}: shares seed(s) {shared} with {a!r}; the sets "
                                  f"must be disjoint (nothing is chosen on the seeds that test it)")
-    if out.get("lr") is None and "fixed_lr" in out and "lrs" in out and out["fixed_lr"] not in out["lrs"]:
-        raise ParameterError(f"parameter 'fixed_lr' = {out['fixed_lr']}: must be one of lrs {out['lrs']} "
-                             f"(its runs are the tuning runs at that rate)")
     train, val = out.get("train_size", 0), out.get("val_size")
     if train + (val or 0) > FASHION_TRAIN:
         if val is None:  # the notebook's default val_size is added to it

@@ -13,14 +13,14 @@ same runs wherever it is asked for. Its glued keys are "verdict__{network}__{mea
 on every page that states a verdict, so a test can check that no two pages disagree.
 """
 import html
+import math
 from types import SimpleNamespace
 
-import numpy as np
 import pandas as pd
 
 from normlib import figures, metrics, verdicts
-from normlib.protocol import (PRIMARY_NORMS, Protocol, curves_frame, read_record, select_lrs, steps_frame,
-                              tuning_table, write_record)
+from normlib.protocol import (PRIMARY_NORMS, Protocol, curves_frame, rate_scores, read_record, steps_frame,
+                              successive_halving, tuning_table, write_record)
 from normlib.report import glue_figure, glue_html, glue_value, glue_values
 from normlib import trials
 from normlib.trials import run_configs
@@ -33,22 +33,34 @@ NETWORKS = figures.ARCH_LABELS
 
 
 def run_protocol(proto, norms, workers=0, force=False):
-    """Tune, select and train `norms` under `proto`: SimpleNamespace(tuning, lrs, primary, confirm)
-    with the Histories of each set and {(arch, norm): lr}."""
-    n_tuning = len(proto.tuning(norms))
-    trials.expect(n_tuning + len(norms) * len(proto.archs) * (len(proto.seeds) + len(proto.confirm_seeds)))
-    tuning = run_configs(proto.tuning(norms), workers=workers, force=force)
-    lrs = select_lrs(tuning, proto) if tuning else {(a, n): proto.lr for a in proto.archs for n in norms}
-    primary = run_configs(proto.runs(norms, lrs, "primary"), workers=workers, force=force)
-    confirm = run_configs(proto.runs(norms, lrs, "confirm"), workers=workers, force=force)
-    return SimpleNamespace(tuning=tuning, lrs=lrs, primary=primary, confirm=confirm)
+    """Tune (successive halving over proto.lrs, protocol.successive_halving), select and train `norms` under
+    `proto`: SimpleNamespace(tuning (the Histories of every rung), rungs ([(budget, {(arch, norm): {lr:
+    score}})]), lrs ({(arch, norm): lr}), primary, confirm)."""
+    conditions = [(arch, norm) for arch in proto.archs for norm in norms]
+    n_tuning = sum(size for _, size in proto.tuning_plan(norms)) * len(conditions) * len(proto.tuning_seeds)
+    trials.expect(n_tuning + len(conditions) * (len(proto.seeds) + len(proto.confirm_seeds)))
+    tuning = []
+
+    def evaluate(alive, budget):  # one rung: its runs go to the pool together
+        histories = run_configs(proto.rung(alive, budget), workers=workers, force=force)
+        tuning.extend(histories)
+        return rate_scores(histories)
+
+    if proto.lr is None:
+        lrs, rungs = successive_halving({c: proto.lrs for c in conditions}, proto.tuning_budgets, evaluate)
+    else:
+        lrs, rungs = {c: proto.lr for c in conditions}, []
+    primary, confirm = proto.runs(norms, lrs, "primary"), proto.runs(norms, lrs, "confirm")
+    done = run_configs(primary + confirm, workers=workers, force=force)
+    return SimpleNamespace(tuning=tuning, rungs=rungs, lrs=lrs, primary=done[:len(primary)],
+                           confirm=done[len(primary):])
 
 
 def lr_summary(lrs, grid=None):
     """How the rates were chosen and what they are: with the grid they were tuned on, 'each condition at
-    its own rate, the best of the grid on separate tuning seeds (MLP: no normalization 0.1, batch norm
-    0.03; CNN: ...)', a rate at the edge of the grid marked "(edge of the grid)"; without (lr set), 'every
-    condition at the rate this run set, 0.1 (no tuning)'."""
+    its own rate, selected from the grid by successive halving on separate tuning seeds (MLP: no
+    normalization 0.1, batch norm 0.03; CNN: ...)', a rate at the edge of the grid marked "(edge of the
+    grid)"; without (lr set), 'every condition at the rate this run set, 0.1 (no tuning)'."""
     if not grid:
         return f"every condition at the rate this run set, {', '.join(sorted({f'{lr:g}' for lr in lrs.values()}))} (no tuning)"
     by_arch = {}
@@ -56,7 +68,7 @@ def lr_summary(lrs, grid=None):
         edge = proto_edge(lr, grid)
         by_arch.setdefault(arch, []).append(f"{figures.norm_label(norm)} {lr:g}" + (" (edge of the grid)" if edge else ""))
     rates = "; ".join(f"{NETWORKS.get(a, a)}: {', '.join(v)}" for a, v in by_arch.items())
-    return f"each condition at its own rate, the best of the grid on separate tuning seeds ({rates})"
+    return f"each condition at its own rate, selected from the grid by successive halving on separate tuning seeds ({rates})"
 
 
 def proto_edge(lr, grid):
@@ -64,7 +76,9 @@ def proto_edge(lr, grid):
 
 
 def lr_table(runs, proto):
-    """The selected learning rate per network and condition, and its mean best validation loss."""
+    """The tuning of each network and condition: the rates of each rung (its budget in steps) with their mean
+    best validation loss over the tuning seeds, the selected rate, failed tuning runs, and whether the
+    selected rate lies at the edge of the grid."""
     if not runs.tuning:
         return pd.DataFrame([{"network": NETWORKS[a], "condition": figures.norm_label(n), "learning rate": f"{lr:g} (set)"}
                              for (a, n), lr in runs.lrs.items()])
@@ -72,30 +86,46 @@ def lr_table(runs, proto):
     rows = []
     for (arch, norm), lr in runs.lrs.items():
         g = t[(t["arch"] == arch) & (t["norm"] == norm)]
-        at = g[g["lr"] == lr]["best_val_loss"]
-        edge = proto_edge(lr, proto.lrs)
-        rows.append({"network": NETWORKS[arch], "condition": figures.norm_label(norm), "learning rate": f"{lr:g}",
-                     "best val loss there (mean)": f"{at.mean():.4f}",
-                     "rates tried": ", ".join(f"{x:g}" for x in sorted(g["lr"].unique())),
-                     "failed tuning runs": int(g["failed"].sum()),
-                     "at the grid's edge": "yes: the best rate may lie beyond it" if edge else "no"})
+        row = {"network": NETWORKS[arch], "condition": figures.norm_label(norm), "selected rate": f"{lr:g}"}
+        for i, (steps, rung) in enumerate(g.groupby("steps", sort=True)):
+            means = rung.groupby("lr")["best_val_loss"].mean()
+            row[f"rung {i + 1}: steps"] = int(steps)
+            row[f"rung {i + 1}: best val loss by rate"] = ", ".join(f"{x:g}: {v:.3f}" for x, v in means.items())
+        row["failed tuning runs"] = f"{int(g['failed'].sum())} of {len(g)}"
+        row["at the grid's edge"] = "yes: the best rate may lie beyond it" if proto_edge(lr, proto.lrs) else "no"
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def tuning_text(proto, runs):
+    """How the rates were tuned, in one sentence with the numbers of this run."""
+    if not runs.tuning:
+        return f"no tuning: every condition trained at the rate this run set, {proto.lr:g}"
+    sizes = [len(next(iter(scores.values()))) for _, scores in runs.rungs]
+    rungs = "; ".join(f"{n} rate{'s' if n > 1 else ''} at {b:.0%} of the steps" for (b, _), n in zip(runs.rungs, sizes))
+    full = len(proto.lrs) * len(proto.tuning_seeds)
+    spent = sum(b * n for (b, _), n in zip(runs.rungs, sizes)) * len(proto.tuning_seeds)
+    return (f"successive halving over {len(proto.lrs)} rates on {len(proto.tuning_seeds)} tuning seed(s) ({rungs}; the "
+            f"better half of each rung goes on): {spent:.2g} full-run equivalents per condition, against {full} for "
+            f"the whole grid at the full budget")
 
 
 def train_step(notebook, norm, P):
     """Step 1 (norm "batch") or 3 ("layer"): the runs of none and `norm` under the notebook's protocol,
     recorded for the analysis notebook. Glues: n_trials, n_seeds, n_confirm_seeds, n_tuning_runs,
-    train_minutes, n_diverged, evals_per_epoch, lr_{arch}_{c}, smoothing_window, figures fig_lr,
-    fig_val_loss, fig_train_loss, fig_step_loss. Returns the tables to show (lrs, runs)."""
+    train_minutes, n_diverged, evals_per_epoch, lr_{arch}_{c}, smoothing_window, tuning_text, plateau_text,
+    figures fig_lr, fig_val_loss, fig_train_loss, fig_step_loss. Returns the tables to show (lrs, runs,
+    plateau)."""
     proto = Protocol.from_params(P)
     norms = ("none", norm)
     runs = run_protocol(proto, norms, P.get("workers", 0), P.get("force", False))
-    write_record(notebook, proto, norms, runs.lrs)
+    write_record(notebook, proto, norms, runs.lrs, runs.rungs)
     everything = runs.tuning + runs.primary + runs.confirm
     glue_values({"n_trials": len(everything), "n_seeds": len(proto.seeds), "n_confirm_seeds": len(proto.confirm_seeds),
                  "n_tuning_runs": len(runs.tuning), "train_minutes": sum(h.wall_time for h in everything) / 60,
                  "n_diverged": sum(metrics.failed(h) for h in everything), "evals_per_epoch": proto.evals_per_epoch,
                  "smoothing_window": 20, "lr_summary": lr_summary(runs.lrs, None if proto.lr else proto.lrs),
+                 "tuning_text": tuning_text(proto, runs),
                  **{f"lr_{a}_{n}": float(lr) for (a, n), lr in runs.lrs.items()}})
     glue_figure("fig_lr", figures.lr_curves(tuning_table(runs.tuning), runs.lrs) if runs.tuning
                 else figures.note(f"No tuning: every condition trained at the learning rate {proto.lr:g}."))
@@ -103,8 +133,11 @@ def train_step(notebook, norm, P):
     glue_figure("fig_val_loss", figures.curves(curves, "val_loss"))
     glue_figure("fig_train_loss", figures.curves(curves, "train_loss"))
     glue_figure("fig_step_loss", figures.curves(steps_frame(runs.primary, window=20), "smoothed", x="step", logy=True))
-    summary = verdicts.condition_summary(metrics.measures_table(runs.primary), ("best_test_acc", "final_val_loss"))
-    return SimpleNamespace(lrs=lr_table(runs, proto), runs=summary_table(summary), proto=proto, runs_of=runs)
+    measures = metrics.measures_table(runs.primary)
+    glue_value("plateau_text", plateau_text(measures))
+    summary = verdicts.condition_summary(measures, ("best_test_acc", "final_val_loss"))
+    return SimpleNamespace(lrs=lr_table(runs, proto), runs=summary_table(summary), plateau=plateau_table(measures),
+                           proto=proto, runs_of=runs)
 
 
 # ----------------------------------------------------------------------------
@@ -115,7 +148,7 @@ def verdict_table(proto, norms=PRIMARY_NORMS, workers=0):
     """The runs of `norms` under `proto` (read from the cache; computed if absent), measured, compared:
     SimpleNamespace(runs, measures (primary seed set), fresh (confirmation set, at the primary set's
     convergence levels), levels, summary, table (primary family, Holm, merged with its confirmation),
-    exploratory, robustness (the tuning runs at fixed_lr), correlations)."""
+    exploratory, correlations)."""
     runs = run_protocol(proto, norms, workers)
     primary_norms = [n for n in norms if n in PRIMARY_NORMS]
     levels = metrics.convergence_levels([h for h in runs.primary if h.config["norm"] in primary_norms])
@@ -124,15 +157,10 @@ def verdict_table(proto, norms=PRIMARY_NORMS, workers=0):
     primary = verdicts.primary_table(measures[measures["norm"].isin(primary_norms)])
     confirmation = verdicts.primary_table(fresh[fresh["norm"].isin(primary_norms)])
     table = verdicts.confirm(primary, confirmation)
-    robustness = None
-    if runs.tuning:
-        at = [h for h in runs.tuning if h.config["lr"] == proto.fixed_lr and h.config["norm"] in primary_norms]
-        robustness = verdicts.comparison_table(metrics.measures_table(at, levels), verdicts.PRIMARY,
-                                               verdicts.PRIMARY_PAIRS, f"fixed rate {proto.fixed_lr:g}", adjust=False)
     return SimpleNamespace(runs=runs, measures=measures, fresh=fresh, levels=levels, table=table,
                            summary=verdicts.condition_summary(measures),
                            exploratory=verdicts.exploratory_table(measures),
-                           robustness=robustness, correlations=verdicts.criterion_correlations(measures))
+                           correlations=verdicts.criterion_correlations(measures))
 
 
 def glue_verdicts(v, pairs=None):
@@ -198,22 +226,36 @@ def findings_html(rows):
     return "<ul>" + "".join(items) + "</ul>"
 
 
-def robustness_table(v, pairs=None):
-    """At the shared rate fixed_lr (tuning seeds, exploratory): does each primary verdict hold there too?"""
-    if v.robustness is None or v.robustness.empty:
-        return pd.DataFrame()
-    r = v.robustness.merge(v.table[["network", "measure", "first", "second", "verdict", "claim"]],
-                           on=["network", "measure", "first", "second"], suffixes=("", "_primary"))
-    if pairs is not None:
-        r = r[[(a, b) in pairs for a, b in zip(r["first"], r["second"])]]
-    out = verdicts.reader_table(r.drop(columns=["verdict_primary", "claim"]))
-    out["at the selected rates"] = [verdicts.short_verdict({"winner": w, "verdict": t}) if c != "not established"
-                                    else "not established" for w, t, c in zip(r["winner"], r["verdict"], r["claim"])]
-    same_sign = np.sign(r["diff"].to_numpy()) == np.sign(v.table.set_index(["network", "measure", "first", "second"])
-                                                         .loc[list(zip(r["network"], r["measure"], r["first"],
-                                                                       r["second"]))]["diff"].to_numpy())
-    out["same direction"] = np.where(same_sign, "yes", "no")
-    return out.drop(columns=["criterion"])
+def plateaus(measures):
+    """{(arch, norm): (median run's relative change of the validation loss over the last quarter, verdict)}
+    over the primary seeds (metrics.plateau)."""
+    return {key: metrics.plateau(g["last_quarter_change"]) for key, g in measures.groupby(["arch", "norm"], sort=False)}
+
+
+def plateau_table(measures):
+    """Per network and condition: the median run's last-quarter change, the range over runs, the verdict."""
+    rows = []
+    for (arch, norm), (change, verdict) in plateaus(measures).items():
+        x = measures[(measures["arch"] == arch) & (measures["norm"] == norm)]["last_quarter_change"]
+        rows.append({"network": NETWORKS.get(arch, arch), "condition": figures.norm_label(norm), "runs": len(x),
+                     "last quarter, median run": f"{change:+.1%}",
+                     "range over runs": f"{math.expm1(x.min()):+.1%} to {math.expm1(x.max()):+.1%}",
+                     f"plateau (within ±{metrics.PLATEAU_TOLERANCE:.0%})": verdict})
+    return pd.DataFrame(rows)
+
+
+def plateau_text(measures):
+    """One sentence: every condition plateaued (with the range of the median changes), or which did not."""
+    found = plateaus(measures)
+    bad = {k: v for k, v in found.items() if v[1] != "plateaued"}
+    tol = f"within ±{metrics.PLATEAU_TOLERANCE:.0%}"
+    if not bad:
+        changes = [c for c, _ in found.values()]
+        return (f"every condition plateaued: over the last quarter of its steps the median run's validation loss "
+                f"changed by {min(changes):+.1%} to {max(changes):+.1%} ({tol})")
+    return ("not every condition plateaued: " + "; ".join(f"{NETWORKS.get(a, a)} {figures.norm_label(n)} {v} "
+                                                         f"({c:+.1%} over the last quarter)" for (a, n), (c, v) in bad.items())
+            + f" (a plateau: {tol})")
 
 
 def levels_text(levels):
@@ -240,7 +282,7 @@ def analyse_step(source, norm, workers=0):
     against no normalization under the protocol the training notebook ran. The primary family needs all
     three conditions, so the other norm's runs under that protocol are read (or trained) too.
     Glues the pair's verdicts, the summary, the levels, n_seeds and the figures fig_val_loss, fig_criteria.
-    Returns SimpleNamespace(verdicts (reader's table of this pair), summary, exploratory, robustness, v)."""
+    Returns SimpleNamespace(verdicts (reader's table of this pair), summary, exploratory, v)."""
     proto, _ = read_record(source)
     v = verdict_table(proto, workers=workers)
     pair = [(norm, "none")]
@@ -256,8 +298,7 @@ def analyse_step(source, norm, workers=0):
     explore = v.exploratory[(v.exploratory["first"].isin([norm, "none"])) & (v.exploratory["second"].isin([norm, "none"]))]
     return SimpleNamespace(protocol=protocol_params(proto), verdicts=verdicts.reader_table(rows),
                            summary=summary_table(v.summary[v.summary["norm"].isin(["none", norm])]),
-                           exploratory=verdicts.reader_table(explore) if len(explore) else pd.DataFrame(),
-                           robustness=robustness_table(v, pair), v=v)
+                           exploratory=verdicts.reader_table(explore) if len(explore) else pd.DataFrame(), v=v)
 
 
 def accuracy_text(summary):
@@ -274,7 +315,7 @@ def compare_step(P, sources=("step1_bn_training", "step3_ln_training")):
     """Step 5: under the protocol step 1 ran (step 3's, when it differs, is named in protocol_note), every
     condition on every criterion: the
     whole primary table with its confirmation, the winners per criterion, batch norm vs layer norm,
-    exploratory conditions (P["extra_norms"], e.g. weight and group norm), robustness at the fixed rate.
+    exploratory conditions (P["extra_norms"], e.g. weight and group norm).
     Glues every verdict (shared keys), headlines (confirmed only), winners, and figures."""
     protos = [read_record(s)[0] for s in sources]
     proto = protos[0]  # step 1's protocol: the comparison's, for every condition
@@ -297,7 +338,9 @@ def compare_step(P, sources=("step1_bn_training", "step3_ln_training")):
                  "budget_text": f"the MLP ({' x '.join(map(str, proto.hidden))}) for {proto.mlp_epochs} epoch(s) and the "
                                 f"CNN ({' and '.join(map(str, proto.channels))} channels) for {proto.cnn_epochs} epoch(s), on "
                                 f"{proto.train_size or '55,000'} training images",
-                 "lr_summary": lr_summary(v.runs.lrs, None if proto.lr else proto.lrs)})
+                 "lr_summary": lr_summary(v.runs.lrs, None if proto.lr else proto.lrs),
+                 "tuning_text": tuning_text(proto, v.runs)})
+    glue_value("plateau_text", plateau_text(v.measures))
     glue_html("headlines_html", "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>" if lines else
               "<p>No primary verdict was confirmed on the fresh seeds.</p>")
     glue_html("results_table", results_html(v.table))
@@ -309,5 +352,6 @@ def compare_step(P, sources=("step1_bn_training", "step3_ln_training")):
                 else figures.note(f"No tuning: every condition trained at the learning rate {proto.lr:g}."))
     return SimpleNamespace(protocol=protocol_params(proto), table=verdicts.reader_table(v.table),
                            winners=verdicts.reader_winners(won), summary=summary_table(v.summary),
+                           plateau=plateau_table(v.measures),
                            exploratory=verdicts.reader_table(v.exploratory) if len(v.exploratory) else pd.DataFrame(),
-                           robustness=robustness_table(v), correlations=v.correlations, v=v)
+                           correlations=v.correlations, v=v)

@@ -324,19 +324,20 @@ def batch_size_page(P):
 # learning rate: the main comparison's tuning runs, extended to higher rates
 
 def learning_rate_configs(P):
-    """(configs, protocol, n shared): the tuning configs of steps 1 and 3 (their records' protocols,
-    Protocol.config) for none, batch and layer norm on P["arch"], at the grid's rates on the tuning seeds,
-    and at the extra rates (extra_lrs) on the tuning seeds and the extra seeds (extra_seeds: the test of
-    higher rates is decided there)."""
+    """(configs, protocol, n shared): the first rung of the tuning of steps 1 and 3 (their records' protocols,
+    Protocol.rung: every rate of the grid at the first budget of successive halving, on the tuning seeds) for
+    none, batch and layer norm on P["arch"], and the extra rates (extra_lrs) at the same budget on the tuning
+    seeds and the extra seeds (extra_seeds: the test of higher rates is decided there)."""
     from normlib.protocol import read_record
     protos = {n: read_record(source)[0] for n, source in (("batch", "step1_bn_training"), ("layer", "step3_ln_training"))}
     proto = protos["batch"]
+    budget = proto.tuning_budgets[0]
     grid = sorted(set(proto.lrs) | set(P["extra_lrs"]))
     seeds = lambda lr: list(dict.fromkeys([*proto.tuning_seeds, *(P["extra_seeds"] if lr not in proto.lrs else [])]))  # noqa: E731
-    configs = [protos.get(norm, proto).config(P["arch"], norm, lr, seed) for norm in NORMS for lr in grid
-               for seed in seeds(lr)]
+    configs = [protos.get(norm, proto).config(P["arch"], norm, lr, seed, budget=budget) for norm in NORMS
+               for lr in grid for seed in seeds(lr)]
     tuned = {c for norm, p in (("none", proto), ("batch", proto), ("layer", protos["layer"]))
-             for c in p.tuning([norm]) if c.arch == P["arch"]}
+             for c in p.rung({(P["arch"], norm): p.lrs}, p.tuning_budgets[0])}
     return configs, proto, sum(c in tuned for c in configs)
 
 

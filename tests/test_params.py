@@ -26,7 +26,9 @@ BAD = [
     ("lr", 0, "parameter 'lr' = 0: must be a positive number, or null (where a notebook selects each condition's rate)"),
     ("lr", float("nan"), "parameter 'lr' = nan: must be a positive number, or null (where a notebook selects each condition's rate)"),
     ("lr", "1e-3", "parameter 'lr' = '1e-3': must be a positive number, or null (where a notebook selects each condition's rate)"),
-    ("fixed_lr", 0, "parameter 'fixed_lr' = 0: must be a positive number"),
+    ("tuning_budgets", [0.5, 0.25], "parameter 'tuning_budgets' = [0.5, 0.25]: must be a non-empty increasing list of "
+                                    "fractions in (0, 1] (the rungs' budgets; [1.0]: the full grid)"),
+    ("cnn_hidden", 0, "parameter 'cnn_hidden' = 0: must be a positive integer"),
     ("tuning_seeds", [1, 1], "parameter 'tuning_seeds' = [1, 1]: must be a non-empty list of distinct non-negative integers"),
     ("confirm_seeds", [], "parameter 'confirm_seeds' = []: must be a non-empty list of distinct non-negative integers"),
     ("confirm_split_seed", 0, "parameter 'confirm_split_seed' = 0: must be a positive integer"),

@@ -2,6 +2,7 @@
 (normlib.steps), on hand-made Histories and tables (nothing is trained), and of normlib.provenance's
 reading of a run manifest."""
 import json
+import math
 from dataclasses import fields
 
 import pytest
@@ -11,7 +12,7 @@ from normlib.train import History, TrainConfig
 
 
 def proto(**kw):
-    return protocol.Protocol(**{"lrs": (0.01, 0.1, 1.0), "fixed_lr": 0.1, **kw})
+    return protocol.Protocol(**{"lrs": (0.01, 0.1, 1.0), **kw})
 
 
 def history(arch, norm, lr, seed, val_loss, diverged=False):
@@ -23,27 +24,75 @@ def history(arch, norm, lr, seed, val_loss, diverged=False):
                    diverged_step=steps_[-1] if diverged else None)
 
 
-def test_seed_sets_must_be_disjoint_and_fixed_lr_in_the_grid():
+def test_seed_sets_must_be_disjoint_and_budgets_increasing():
     with pytest.raises(params.ParameterError, match="'confirm_seeds' = \\[0, 5\\]: shares seed\\(s\\) \\[0\\] with 'seeds'"):
         protocol.Protocol.from_params({"seeds": [0, 1], "confirm_seeds": [0, 5]})
     with pytest.raises(params.ParameterError, match="'tuning_seeds' = \\[1\\]: shares seed"):
         protocol.Protocol.from_params({"seeds": [0, 1], "tuning_seeds": [1]})
-    with pytest.raises(params.ParameterError, match="'fixed_lr' = 0.05: must be one of lrs"):
-        protocol.Protocol.from_params({"lrs": [0.01, 0.1], "fixed_lr": 0.05})
-    assert protocol.Protocol.from_params({"lrs": [0.01, 0.1], "fixed_lr": 0.05, "lr": 0.2}).lr == 0.2  # no tuning
+    for bad in ([0.5, 0.25], [0.0, 1.0], [0.5, 1.5], []):
+        with pytest.raises(params.ParameterError, match="'tuning_budgets' = .*: must be a non-empty increasing list"):
+            protocol.Protocol.from_params({"tuning_budgets": bad})
+    assert protocol.Protocol.from_params({"lrs": [0.01, 0.1], "lr": 0.2}).lr == 0.2  # no tuning
 
 
 def test_runs_of_a_protocol():
-    p = proto(archs=("mlp",), seeds=(0, 1), confirm_seeds=(5, 6), tuning_seeds=(9,))
-    tuning = p.tuning(("none", "batch"))
-    assert [(c.norm, c.lr, c.seed) for c in tuning] == [(n, lr, 9) for n in ("none", "batch") for lr in (0.01, 0.1, 1.0)]
+    p = proto(archs=("mlp",), seeds=(0, 1), confirm_seeds=(5, 6), tuning_seeds=(9,), train_size=1280, batch_size=128,
+              mlp_epochs=4)
+    rung = p.rung({("mlp", "none"): (0.01, 0.1), ("mlp", "batch"): (1.0,)}, 0.25)
+    assert [(c.norm, c.lr, c.seed, c.max_steps) for c in rung] == [("none", 0.01, 9, 10), ("none", 0.1, 9, 10),
+                                                                   ("batch", 1.0, 9, 10)]  # 10 of the 40 steps
+    assert p.rung({("mlp", "none"): (0.1,)}, 1.0)[0].max_steps == 0  # the full budget: the full run
+    assert p.tuning_plan(("none", "batch")) == [(0.25, 3), (0.5, 2)]
     lrs = {("mlp", "none"): 0.1, ("mlp", "batch"): 1.0}
     primary, confirm = p.runs(("none", "batch"), lrs), p.runs(("none", "batch"), lrs, "confirm")
     assert [(c.norm, c.lr, c.seed, c.split_seed) for c in primary] == [
         ("none", 0.1, 0, 0), ("none", 0.1, 1, 0), ("batch", 1.0, 0, 0), ("batch", 1.0, 1, 0)]
     assert {(c.seed, c.split_seed) for c in confirm} == {(5, p.confirm_split_seed), (6, p.confirm_split_seed)}
-    assert proto(lr=0.2).tuning(("none",)) == []
+    assert proto(lr=0.2).tuning_plan(("none",)) == []
+    cnn = p.config("cnn", "batch", 0.1, 0)
+    assert cnn.hidden == (p.cnn_hidden,) and p.config("mlp", "batch", 0.1, 0).hidden == p.hidden
     assert p.config("mlp", "weight", 0.1, 0).data_init and not p.config("mlp", "batch", 0.1, 0).data_init
+
+
+def synthetic_loss(lr, budget, best=0.1, width=1.0, floor=0.3):
+    """A smooth tuning landscape: the loss a run at `lr` reaches with `budget` of the steps, lowest at
+    `best` (in log rate), falling with the budget; the ranking of the rates is the same at every budget."""
+    return floor + width * math.log10(lr / best) ** 2 + 0.2 / budget
+
+
+def test_successive_halving_picks_the_rate_the_full_grid_picks():
+    """On a synthetic landscape whose ranking holds from the first rung on, halving selects the same rate as
+    every rate trained at the full budget, for a fraction of the runs."""
+    rates = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
+    conditions = {("mlp", "none"): 0.03, ("mlp", "batch"): 0.3, ("cnn", "layer"): 0.01}
+    spent = []
+
+    def evaluate(alive, budget):
+        spent.append(budget * sum(len(r) for r in alive.values()))
+        return {c: {lr: synthetic_loss(lr, budget, best=conditions[c]) for lr in r} for c, r in alive.items()}
+
+    grid, _ = protocol.successive_halving({c: rates for c in conditions}, [1.0], evaluate)
+    full = spent.pop()
+    picked, rungs = protocol.successive_halving({c: rates for c in conditions}, [0.25, 0.5, 1.0], evaluate)
+    assert picked == grid == conditions
+    assert [len(scores[("mlp", "none")]) for _, scores in rungs] == [6, 3, 2]  # halved, rounded up
+    assert sum(spent) == pytest.approx(full * (6 * 0.25 + 3 * 0.5 + 2 * 1.0) / 6)  # 5 of the grid's 6 runs
+    assert protocol.halving_sizes(6, 3) == [6, 3, 2] and protocol.halving_sizes(4, 3) == [4, 2]
+    assert protocol.halving_sizes(4, 1) == [4] and protocol.halving_sizes(1, 2) == [1]
+
+
+def test_successive_halving_can_only_lose_a_rate_that_ranks_low_at_the_first_rung():
+    """Its assumption, shown: a rate that is best at the full budget but in the worse half at the first
+    rung (a landscape whose optimum moves with the budget) is dropped there, so halving picks another."""
+    def moving(lr, budget):  # best rate 1.0 for short runs, 0.01 for the full run
+        return synthetic_loss(lr, budget, best=1.0 if budget < 1 else 0.01)
+
+    def evaluate(alive, budget):
+        return {c: {lr: moving(lr, budget) for lr in r} for c, r in alive.items()}
+
+    rates = {("mlp", "none"): [0.01, 0.1, 1.0, 10.0]}
+    assert protocol.successive_halving(rates, [1.0], evaluate)[0] == {("mlp", "none"): 0.01}
+    assert protocol.successive_halving(rates, [0.25, 1.0], evaluate)[0] != {("mlp", "none"): 0.01}
 
 
 def test_each_condition_gets_the_rate_with_the_lowest_mean_best_validation_loss():
@@ -107,7 +156,8 @@ def test_manifest_applies_only_to_the_run_it_describes(tmp_path):
 def test_lr_summary_says_how_the_rates_were_chosen():
     from normlib.steps import lr_summary
     tuned = lr_summary({("mlp", "none"): 0.1, ("mlp", "batch"): 0.3}, grid=(0.01, 0.1, 0.3))
-    assert tuned.startswith("each condition at its own rate, the best of the grid on separate tuning seeds (")
+    assert tuned.startswith("each condition at its own rate, selected from the grid by successive halving on separate "
+                            "tuning seeds (")
     assert "batch norm 0.3 (edge of the grid)" in tuned and "no normalization 0.1," in tuned
     fixed = lr_summary({("mlp", "none"): 0.1, ("mlp", "batch"): 0.1})
     assert fixed == "every condition at the rate this run set, 0.1 (no tuning)"

@@ -283,10 +283,10 @@ def test_family_table_and_glue_keys():
 
 def bs_table(bn_small=0.5, ln_small=0.2, none_small=0.2, large=0.2, running_minus_batch=0.3, n=5):
     rows = []
-    for norm, small in (("none", none_small), ("batch", bn_small), ("layer", ln_small)):
-        for bs, err in ((2, small), (32, large)):
+    for k, (norm, small) in enumerate((("none", none_small), ("batch", bn_small), ("layer", ln_small))):
+        for j, (bs, err) in enumerate(((2, small), (32, large))):
             for s in range(n):
-                e = err + 0.004 * (s - 2)
+                e = err + 0.004 * ((s * (1 + k + 2 * j)) % n - 2)  # seed noise that differs between conditions
                 rows.append({"norm": norm, "batch_size": bs, "seed": s, "lr": 0.1, "steps": 100, "val_error": e,
                              "batch_stats_error": e - running_minus_batch + 0.002 * s, "population_error": e,
                              "setback": 0.01 * s, "diverged": False})
@@ -328,7 +328,8 @@ def replace_device(config):
 def test_per_seed_differences_pair_runs_by_seed():
     t = bs_table()
     d = studies.per_seed_differences(t, "val_error", "batch", "none", {"batch_size": 2})
-    assert d == pytest.approx([0.3] * 5)
+    by_seed = t[t["batch_size"] == 2].pivot(index="seed", columns="norm", values="val_error")
+    assert d == pytest.approx(list(by_seed["batch"] - by_seed["none"])) and np.mean(d) == pytest.approx(0.3)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,8 +383,10 @@ def test_learning_rate_configs_are_the_main_comparisons_tuning_configs(tmp_path,
     configs, _, shared = studies.learning_rate_configs({"arch": "mlp", "extra_lrs": [1.0], "extra_seeds": [7]})
     assert len(configs) == 3 * (2 * 2 + 3) and shared == 3 * 2 * 2  # the extra seed only at the extra rate
     assert {c.seed for c in configs if c.lr == 1.0} == {100, 101, 7} and 7 not in {c.seed for c in configs if c.lr < 1}
-    tuned = set(proto.tuning(("none", "batch", "layer")))
-    assert {c for c in configs if c.lr in (0.03, 0.1) and c.seed in (100, 101)} <= tuned
+    first_rung = set(proto.rung({(a, n): proto.lrs for a in proto.archs for n in ("none", "batch", "layer")},
+                                proto.tuning_budgets[0]))
+    assert {c for c in configs if c.lr in (0.03, 0.1) and c.seed in (100, 101)} <= first_rung
+    assert {c.max_steps for c in configs} == {first_rung.pop().max_steps}  # every rate at the first rung's budget
     assert {c.arch for c in configs} == {"mlp"}
 
 
