@@ -12,6 +12,13 @@ finished trials back; a changed config, data set or code computes them again; `f
 The client validates each result as it arrives and writes its entry atomically, so a run killed at
 any moment loses only the trials still training, and workers need no access to the results folder.
 
+One owner per key. Notebooks that run at the same time often need the same trials (steps 1, 2 and 3
+all need the runs without normalization). Before computing a trial, a client claims its key with a
+lock file created exclusively next to the entry (results/trials/<key>.lock: its host and pid); a
+trial whose key another live process holds is not computed again: the client waits for that owner's
+entry (and takes the trial over if the owner dies or gives it up without writing one). So every
+trial of a run is trained once, whichever notebooks ask for it.
+
 Executors (normlib.executors): in this process, local processes, or a Dask cluster. Every trial
 runs with THREADS torch threads and its own random state (normlib.train.seeded_model), so its
 History does not depend on the executor, the number of workers or a Dask worker's threads. Before
@@ -235,10 +242,74 @@ def _device(t, executor_cuda):
     return ("cuda" if executor_cuda else "cpu") if t.config.device == "auto" else t.config.device
 
 
+WAIT_POLL = 0.5  # seconds between looks at a trial another process owns
+
+
+def _lock_path(folder, key):
+    return Path(folder) / f"{key}.lock"
+
+
+def claim(folder, key):
+    """Take the key for this process: create its lock file exclusively (host and pid inside). True when
+    taken (also when this process held it already, or when the previous owner is a process of this host
+    that no longer runs: a stale lock is replaced); False when another live process owns it."""
+    path = _lock_path(folder, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _owner(path)
+            if owner == me:
+                return True
+            if owner is not None and _alive(owner):
+                return False
+            path.unlink(missing_ok=True)  # stale: its owner is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        return True
+    return False
+
+
+def release(folder, key):
+    """Give the key up (after writing its entry, or when this process stops without it)."""
+    path = _lock_path(folder, key)
+    if _owner(path) == {"host": socket.gethostname(), "pid": os.getpid()}:
+        path.unlink(missing_ok=True)
+
+
+def _owner(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None  # gone, or being written this instant (then its owner is alive: the next look sees it)
+
+
+def _alive(owner):
+    """Whether the lock's owner still runs: a process of this host that exists; an owner on another host
+    (a results folder shared between machines) is taken to be alive."""
+    if owner.get("host") != socket.gethostname():
+        return True
+    try:
+        pid = int(owner["pid"])
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, KeyError, TypeError):
+        return True
+    try:  # a process that has exited but not yet been reaped by its parent (a zombie) is gone too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def run_trials(items, *, workers=0, scheduler=None, force=False, cache=None, progress=True):
     """Results for items (Trials, TrainConfigs or their dicts), in order: cached ones read back, the
-    rest computed by executors.executor_for(workers, scheduler) and stored as they arrive.
-    Identical trials in one call run once."""
+    rest computed by executors.executor_for(workers, scheduler) and stored as they arrive. Identical
+    trials in one call run once; a trial another process of this run is computing (it holds the key's
+    lock) is waited for, not computed again (module docstring)."""
     trials = [as_trial(x) for x in items]
     if not trials:
         return []
@@ -253,26 +324,78 @@ def run_trials(items, *, workers=0, scheduler=None, force=False, cache=None, pro
         if r is None:
             todo.setdefault(keys[i], []).append(i)
     bar = Progress(len(trials), len(trials) - sum(map(len, todo.values())), show=progress)
+    since = time.time() if force else 0.0  # with force, only entries written during this call count
     try:
-        if todo:
-            key_order = list(todo)
-            if executor.kind != "in-process":
-                check_workers(executor)
-            expect = environment()
-            jobs = [{"trial": trials[todo[k][0]].to_dict(), "device": devices[todo[k][0]], "threads": THREADS,
-                     "expect": expect} for k in key_order]
-            resources = [{"GPU": 1} if job["device"] == "cuda" else None for job in jobs]
-            for j, out in executor.map(run_job, jobs, keys=[f"trial-{k}" for k in key_order], resources=resources):
-                key = key_order[j]
-                result = _accept(out, trials[todo[key][0]])
-                write_atomic(folder / f"{key}.json", json.dumps({"key": key, "trial": jobs[j]["trial"],
-                                                                  "device": jobs[j]["device"], **out}))
-                for i in todo[key]:
-                    results[i] = result
-                bar.update(len(todo[key]), result.ran_on)
+        while todo:
+            ours = [k for k in todo if claim(folder, k)]
+            for k in ours:  # written by its previous owner between our first look and the claim
+                if _settle(k, todo, trials, folder, results, since) is not None:
+                    release(folder, k)
+                    bar.shared(1)
+            ours = [k for k in ours if k in todo]
+            if ours:
+                _compute(ours, todo, trials, devices, executor, folder, results, bar)
+            elif todo:
+                _wait_for_others(todo, trials, folder, results, bar, since)
     finally:
+        for k in todo:  # stopped early (an error, Ctrl-C): let another process take the trials over
+            release(folder, k)
         bar.close()
     return results
+
+
+def _settle(key, todo, trials, folder, results, since=0.0):
+    """The entry of `key` if it is in the cache now, written at `since` or later (its indices filled and
+    removed from todo), else None."""
+    path = folder / f"{key}.json"
+    try:
+        fresh = path.stat().st_mtime >= since
+    except OSError:
+        return None
+    r = load(path, trials[todo[key][0]]) if fresh else None
+    if r is not None:
+        r.cached = False  # trained in this run, by another notebook
+        for i in todo.pop(key):
+            results[i] = r
+    return r
+
+
+def _wait_for_others(todo, trials, folder, results, bar, since=0.0):
+    """Every key left in `todo` is another live process's: read their entries as they appear (trials shared
+    with the notebook that trains them) and return once one of them is settled or given up without an entry
+    (its owner gone: the caller claims it)."""
+    while todo:
+        settled = [k for k in list(todo) if _settle(k, todo, trials, folder, results, since) is not None]
+        if settled:
+            bar.shared(len(settled))
+            return
+        for k in todo:
+            owner = _owner(_lock_path(folder, k))
+            if owner is None or not _alive(owner):
+                return
+        time.sleep(WAIT_POLL)
+
+
+def _compute(keys, todo, trials, devices, executor, folder, results, bar):
+    """Compute the trials of `keys` (claimed by this process) on the executor; as each arrives, write its
+    entry, give its key up and fill `results` (the key leaves `todo`)."""
+    if executor.kind != "in-process":
+        check_workers(executor)
+    expect = environment()
+    jobs = [{"trial": trials[todo[k][0]].to_dict(), "device": devices[todo[k][0]], "threads": THREADS,
+             "expect": expect} for k in keys]
+    resources = [{"GPU": 1} if job["device"] == "cuda" else None for job in jobs]
+    for j, out in executor.map(run_job, jobs, keys=[f"trial-{k}" for k in keys], resources=resources):
+        key = keys[j]
+        t = trials[todo[key][0]]
+        result = _accept(out, t)
+        write_atomic(folder / f"{key}.json", json.dumps({"key": key, "trial": jobs[j]["trial"],
+                                                          "device": jobs[j]["device"], **out}))
+        release(folder, key)
+        indices = todo.pop(key)
+        for i in indices:
+            results[i] = result
+        bar.update(len(indices), result.ran_on, key=key, kind=trial_kind(t))
 
 
 def _accept(out, t):
@@ -302,10 +425,24 @@ def run_configs(configs, **kwargs):
 # progress
 
 
+def trial_kind(t):
+    """What a trial trains, for the cost chapter: its network (the arch, or a study's variant), with its
+    probe, and "tuning rung" for a run of a part of its steps (max_steps)."""
+    t = as_trial(t)
+    parts = [t.config.arch if t.model == "standard" else t.model]
+    if t.probe:
+        parts.append(f"{t.probe} probe")
+    if t.config.max_steps:
+        parts.append("tuning rung")
+    return ", ".join(parts)
+
+
 class Progress:
     """A tqdm bar in the notebook (stderr), and, when NORMLIB_PROGRESS names a file, a status file the
-    pipeline reads: trials total / cached / trained by this notebook so far, the hosts that trained
-    them, and when it started. Counts accumulate over every run_trials call of the process."""
+    pipeline reads: trials total / cached (read from the cache, or asked twice in one call) / trained by
+    this notebook so far (their keys, and per kind their count and seconds) / shared (trained in this run by
+    another notebook, which owned the key), the hosts that trained them, and when it started. Counts
+    accumulate over every run_trials call of the process."""
 
     _state = {}  # status file -> running totals of this process
 
@@ -326,19 +463,35 @@ class Progress:
 
     @classmethod
     def state(cls, path):
-        return cls._state.setdefault(path, {"total": 0, "cached": 0, "trained": 0, "hosts": {}, "train_seconds": 0.0,
-                                            "started": time.time(), "expected": 0})
+        return cls._state.setdefault(path, {"total": 0, "cached": 0, "trained": 0, "shared": 0, "hosts": {},
+                                            "train_seconds": 0.0, "kinds": {}, "keys": [], "started": time.time(),
+                                            "expected": 0})
 
-    def update(self, n, ran_on):
+    def update(self, n, ran_on, key="", kind="trial"):
+        """One trial trained here (n: how many items of the call it answers; the copies beyond the first
+        count as reused)."""
         if self.bar is not None:
             self.bar.update(n)
         if self.path:
             s = self._state[self.path]
-            s["trained"] += n
+            s["trained"] += 1
+            s["cached"] += n - 1
+            s["keys"].append(key)
             host = ran_on.get("host", "?")
             s["hosts"][host] = s["hosts"].get(host, 0) + 1
             seconds = ran_on.get("seconds", 0.0)
-            s["train_seconds"] += seconds if math.isfinite(seconds) else 0.0
+            seconds = seconds if math.isfinite(seconds) else 0.0
+            s["train_seconds"] += seconds
+            count, total = s["kinds"].get(kind, (0, 0.0))
+            s["kinds"][kind] = (count + 1, total + seconds)
+            self._write()
+
+    def shared(self, n):
+        """n trials another notebook of this run trained (this one waited for them)."""
+        if self.bar is not None:
+            self.bar.update(n)
+        if self.path:
+            self._state[self.path]["shared"] += n
             self._write()
 
     def _write(self, force=False):

@@ -356,3 +356,89 @@ def test_a_pool_with_a_gpu_gets_the_auto_trials_with_a_gpu_resource(tmp_path, mo
     assert submitted == [("cuda", {"GPU": 1}), ("cpu", None)]
     assert {p.name for p in tmp_path.glob("*.json")} == {f"{trials.trial_key(auto, device='cuda')}.json",
                                                          f"{trials.trial_key(cpu)}.json"}
+
+
+# ----------------------------------------------------------------------------
+# one owner per key: notebooks running at once never train a trial twice
+
+def test_a_key_has_one_owner_and_a_dead_owners_lock_is_taken_over(tmp_path):
+    assert trials.claim(tmp_path, "k") and trials.claim(tmp_path, "k")  # taken, and still ours
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / "b.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": sleeper.pid}))
+        assert not trials.claim(tmp_path, "b")  # a live process owns it
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert trials.claim(tmp_path, "b")  # its owner is gone: stale, taken over
+    trials.release(tmp_path, "k")
+    assert not (tmp_path / "k.lock").exists() and (tmp_path / "b.lock").exists()
+
+
+def test_a_trial_another_live_process_owns_is_waited_for_not_trained(tmp_path, monkeypatch, count_training, baseline):
+    """The owner (here a sleeping process standing in for another notebook) writes the entry a moment later:
+    this call trains nothing, reads the entry, and counts the trial as shared."""
+    import threading
+
+    done = tmp_path / "done"
+    run(CONFIGS[:1], workers=1, cache=done)  # the entry the owner will write
+    count_training.clear()
+    status = tmp_path / "progress.json"
+    monkeypatch.setenv("NORMLIB_PROGRESS", str(status))
+    monkeypatch.setattr(trials.Progress, "_state", {})
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (entry,) = done.glob("*.json")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (cache / entry.name.replace(".json", ".lock")).write_text(
+            json.dumps({"host": os.uname().nodename, "pid": sleeper.pid}))
+        threading.Timer(1.0, lambda: paths.write_atomic(cache / entry.name, entry.read_bytes())).start()
+        got = trials.run_trials(CONFIGS[:1], workers=1, cache=cache, progress=False)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert count_training == [] and comparable(got) == comparable(baseline[:1])
+    s = json.loads(status.read_text())
+    assert (s["trained"], s["shared"], s["cached"]) == (0, 1, 0)
+
+
+def test_an_owner_that_dies_without_an_entry_loses_the_trial_to_the_waiter(tmp_path, count_training):
+    cache = tmp_path / "cache"
+    key = trials.trial_key(CONFIGS[0])
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    cache.mkdir()
+    (cache / f"{key}.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": sleeper.pid}))
+    got = trials.run_trials(CONFIGS[:1], workers=1, cache=cache, progress=False)  # waits, then takes it over
+    sleeper.wait()
+    assert len(count_training) == 1 and not got[0].cached and not (cache / f"{key}.lock").exists()
+
+
+OWNERS = """
+import json, sys
+from normlib import trials
+from normlib.train import TrainConfig
+configs = [TrainConfig(**json.loads(sys.argv[1]), norm=n, seed=s) for n, s in json.loads(sys.argv[2])]
+results = trials.run_trials(configs, workers=1, cache=sys.argv[3], progress=False)
+print(json.dumps([r.history.test_loss for r in results]))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_asking_for_the_same_trials_train_each_once(tmp_path):
+    """Two notebooks started at once with overlapping trials (in opposite orders): every distinct trial is
+    trained by exactly one of them, the other reads it, and both get the same results."""
+    grid = [("none", s) for s in range(3)] + [("batch", s) for s in range(3)]
+    env = {**os.environ, "PYTHONPATH": str(paths.ROOT)}
+    procs = []
+    for i, order in enumerate((grid, grid[::-1])):
+        env_i = {**env, "NORMLIB_PROGRESS": str(tmp_path / f"p{i}.json")}
+        procs.append(subprocess.Popen([sys.executable, "-c", OWNERS, json.dumps(TINY), json.dumps(order),
+                                       str(tmp_path / "cache")], env=env_i, stdout=subprocess.PIPE, text=True))
+    outs = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    status = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2)]
+    assert sum(s["trained"] for s in status) == len(grid)  # no trial trained twice
+    assert set(status[0]["keys"]).isdisjoint(status[1]["keys"])
+    assert sum(s["shared"] for s in status) == len(grid)  # what one trained, the other read
+    assert outs[0] == outs[1][::-1]
+    assert not list((tmp_path / "cache").glob("*.lock"))

@@ -273,7 +273,8 @@ class Progress:
         self.running.pop(name, None)
         s = self.status(name)
         self.rows[name] = ("failed" if failed else "executed", seconds, s)
-        trials = f", {s['trained']} trials trained, {s['cached']} reused" if s else ""
+        trials = (f", {s['trained']} trials trained, {s['cached']} reused"
+                  + (f", {s['shared']} shared with another notebook" if s.get("shared") else "")) if s else ""
         self._print(f"{self._tag(name)} ... {'failed' if failed else 'done'} in {seconds:.1f} s{trials}")
 
     def describe(self, name):
@@ -282,7 +283,7 @@ class Progress:
         s = self.status(name)
         if not s or not s["total"]:
             return f"{name}: {_duration(elapsed)}"
-        done = s["cached"] + s["trained"]
+        done = s["cached"] + s["trained"] + s.get("shared", 0)
         text = f"{name}: {done}/{s['total']} trials ({s['cached']} cached), {_duration(elapsed)}"
         spent = s["updated"] - s["started"]
         if s["trained"] and done < s["total"]:
@@ -307,12 +308,12 @@ class Progress:
 
     def summary(self):
         """One line per notebook: what happened, its time, and its trials trained and reused."""
-        lines = ["notebook                         status       time   trained  reused"]
+        lines = ["notebook                         status       time   trained  reused  shared"]
         for name in self.names:
             status, seconds, s = self.rows.get(name, ("not run", 0.0, None))
-            trained, cached = (s["trained"], s["cached"]) if s else ("-", "-")
+            trained, cached, shared = (s["trained"], s["cached"], s.get("shared", 0)) if s else ("-", "-", "-")
             lines.append(f"{name:<32} {status:<10} {_duration(seconds) if seconds else '-':>6} "
-                         f"{trained!s:>9} {cached!s:>7}")
+                         f"{trained!s:>9} {cached!s:>7} {shared!s:>7}")
         self._print("\n".join(lines))
 
 
