@@ -95,7 +95,13 @@ def cost_page(P):
                  "n_executed": len(ran), "n_reused": len(reused),
                  "executed_minutes": float(ran["seconds"].sum()) / 60, "all_minutes": float(times["seconds"].sum()) / 60})
     glue_figure("fig_times", figures.notebook_times(times))
+    trained, distinct = provenance.trained_once()
+    by_kind = provenance.trials_by_kind()
+    glue_values({"n_trained": trained, "n_distinct": distinct,
+                 "trained_once": "each was trained once" if trained == distinct else
+                 f"{trained - distinct} of them twice or more (the same trial trained by two notebooks)",
+                 "train_minutes_all": float(by_kind["training minutes"].sum()) if len(by_kind) else 0.0})
     bench = provenance.load_benchmark() if P["show_benchmark"] else None
     glue_value("benchmark_summary", provenance.benchmark_summary(bench))
-    return SimpleNamespace(times=times.round({"seconds": 1}), trials=provenance.trials_by_notebook(),
+    return SimpleNamespace(times=times.round({"seconds": 1}), trials=provenance.trials_by_notebook(), kinds=by_kind,
                            benchmark=provenance.benchmark_table(bench) if bench else pd.DataFrame())

@@ -177,19 +177,49 @@ def pool_table(manifest):
     return pd.DataFrame(rows)
 
 
-def trials_by_notebook(results=None):
-    """Per notebook of the last run: trials total, read from the cache, trained, and where they trained
-    (the status files the trials of each notebook wrote: results/progress/<notebook>.json)."""
-    rows = []
+def _status_files(results=None):
+    """{notebook: its status file of the last run} (results/progress/<notebook>.json, written by its trials)."""
+    out = {}
     for path in sorted(Path(results or results_dir()).glob("progress/*.json")):
         try:
-            s = json.loads(path.read_text())
+            out[path.stem] = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        rows.append({"notebook": path.stem, "trials": s["total"], "from the cache": s["cached"],
-                     "trained": s["trained"], "trained on": ", ".join(f"{h} ({n})" for h, n in s["hosts"].items()),
+    return out
+
+
+def trials_by_notebook(results=None):
+    """Per notebook of the last run: trials total, read from the cache, trained, shared (trained by another
+    notebook of the run, which this one waited for), and where they trained."""
+    rows = []
+    for name, s in _status_files(results).items():
+        rows.append({"notebook": name, "trials": s["total"], "from the cache": s["cached"], "trained": s["trained"],
+                     "shared with another notebook": s.get("shared", 0),
+                     "trained on": ", ".join(f"{h} ({n})" for h, n in s["hosts"].items()),
                      "training minutes": round(s["train_seconds"] / 60, 1)})
     return pd.DataFrame(rows)
+
+
+def trials_by_kind(results=None):
+    """Per kind of trial (normlib.trials.trial_kind: the network, its probe, a tuning rung) over every notebook
+    of the last run: trials trained, minutes of training (the sum of each trial's time on its worker) and the
+    mean seconds per trial."""
+    kinds = {}
+    for s in _status_files(results).values():
+        for kind, (n, seconds) in s.get("kinds", {}).items():
+            count, total = kinds.get(kind, (0, 0.0))
+            kinds[kind] = (count + n, total + seconds)
+    rows = [{"kind of trial": kind, "trained": n, "training minutes": round(seconds / 60, 1),
+             "seconds per trial": round(seconds / n, 1) if n else float("nan")}
+            for kind, (n, seconds) in sorted(kinds.items(), key=lambda kv: -kv[1][1])]
+    return pd.DataFrame(rows, columns=["kind of trial", "trained", "training minutes", "seconds per trial"])
+
+
+def trained_once(results=None):
+    """(trials trained over every notebook of the last run, distinct trials among them): equal when no trial
+    was trained twice."""
+    keys = [k for s in _status_files(results).values() for k in s.get("keys", [])]
+    return len(keys), len(set(keys))
 
 
 def benchmark_summary(bench):
