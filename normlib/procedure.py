@@ -33,11 +33,17 @@ def measure_definitions():
 
 def protocol_text(proto):
     """The protocol of steps 1-5 in one paragraph."""
-    lr = (f"each condition at its own learning rate, selected from {', '.join(f'{x:g}' for x in proto.lrs)} on "
-          f"{len(proto.tuning_seeds)} tuning seed(s)" if proto.lr is None else f"every condition at the learning rate {proto.lr:g}")
+    budgets = ", ".join(f"{b:.0%}" for b in proto.tuning_budgets)
+    lr = (f"each condition at its own learning rate, selected from {', '.join(f'{x:g}' for x in proto.lrs)} by "
+          f"successive halving on {len(proto.tuning_seeds)} tuning seed(s) (rungs at {budgets} of the steps)"
+          if proto.lr is None else f"every condition at the learning rate {proto.lr:g}")
+    warmup = f" after a linear warmup over {proto.warmup:.0%} of the steps" if proto.warmup else ""
     return (f"{proto.optimizer.upper()} (momentum {proto.momentum:g}, weight decay {proto.weight_decay:g}), "
-            f"batch {proto.batch_size}, a {proto.schedule} schedule, {lr}; the MLP for {proto.mlp_epochs} and the "
-            f"CNN for {proto.cnn_epochs} epoch(s) on {proto.train_size or 'all 55,000'} training images; "
+            f"batch {proto.batch_size}, a {proto.schedule} schedule{warmup}, {lr}; the MLP "
+            f"({' x '.join(map(str, proto.hidden))}) for {proto.mlp_epochs} and the CNN ({' and '.join(map(str, proto.channels))} "
+            f"channels, a fully connected layer of {proto.cnn_hidden}) for {proto.cnn_epochs} epoch(s) on "
+            f"{proto.train_size or 'all 55,000'} training images, the validation set evaluated {proto.evals_per_epoch} "
+            f"times per epoch; "
             f"{len(proto.seeds)} seeds per condition in the comparison ({', '.join(map(str, proto.seeds))}) and "
             f"{len(proto.confirm_seeds)} in its confirmation ({', '.join(map(str, proto.confirm_seeds))}, split seed "
             f"{proto.confirm_split_seed}).")

@@ -336,8 +336,9 @@ def compare_step(P, sources=("step1_bn_training", "step3_ln_training")):
                  "extra_norms": ", ".join(figures.norm_label(n) for n in extra) or "none (the full profile adds weight and group norm)"})
     glue_values({"levels_text": levels_text(v.levels), "accuracy_text": accuracy_text(v.summary),
                  "budget_text": f"the MLP ({' x '.join(map(str, proto.hidden))}) for {proto.mlp_epochs} epoch(s) and the "
-                                f"CNN ({' and '.join(map(str, proto.channels))} channels) for {proto.cnn_epochs} epoch(s), on "
-                                f"{proto.train_size or '55,000'} training images",
+                                f"CNN ({' and '.join(map(str, proto.channels))} channels, a fully connected layer of "
+                                f"{proto.cnn_hidden}) for {proto.cnn_epochs} epoch(s), on {proto.train_size or '55,000'} "
+                                f"training images",
                  "lr_summary": lr_summary(v.runs.lrs, None if proto.lr else proto.lrs),
                  "tuning_text": tuning_text(proto, v.runs)})
     glue_value("plateau_text", plateau_text(v.measures))
