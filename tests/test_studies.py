@@ -231,7 +231,8 @@ def test_learning_rate_configs_are_the_main_comparisons_tuning_configs(tmp_path,
     first_rung = set(proto.rung({(a, n): proto.lrs for a in proto.archs for n in ("none", "batch", "layer")},
                                 proto.tuning_budgets[0]))
     assert {c for c in configs if c.lr in (0.03, 0.1) and c.seed in (100, 101)} <= first_rung
-    assert {c.max_steps for c in configs} == {first_rung.pop().max_steps}  # every rate at the first rung's budget
+    # every rate at the first rung's budget (the MLP's: the CNN's rung has other steps)
+    assert {c.max_steps for c in configs} == {c.max_steps for c in first_rung if c.arch == "mlp"}
     assert {c.arch for c in configs} == {"mlp"}
 
 
