@@ -3,6 +3,9 @@
 Every figure has labelled axes (with units), a legend, 95% seed bands where there are
 seeds (Student-t intervals of the mean, the same as the tables': seed_band), and a white background so it stays readable in the book's dark mode. Each
 function returns the matplotlib Figure (glue the Figure, then close it).
+
+Here: the palette and labels, the band and legend helpers every figure uses, and the figures of the
+main comparison (steps 1-5) and of the set-up pages; the studies' figures are in normlib.study_figures.
 """
 import matplotlib.pyplot as plt
 import numpy as np
@@ -44,7 +47,7 @@ def palette(norms):
     return {n: NORM_COLORS.get(n, "#333333") for n in norms}
 
 
-def _legend(fig, ax):
+def shared_legend(fig, ax):
     handles, labels = ax.get_legend_handles_labels()
     if ax.get_legend():
         ax.get_legend().remove()
@@ -72,7 +75,7 @@ def seed_band(frame, x, y, hue="norm", level=0.95):
     return out
 
 
-def _band_plot(ax, frame, x, y, hue="norm", marker=None):
+def band_plot(ax, frame, x, y, hue="norm", marker=None):
     """One line per hue value (mean over seeds) with its 95% band (seed_band), in the book's colours."""
     band = seed_band(frame, x, y, hue)
     for name, g in band.groupby(hue, sort=False):
@@ -82,14 +85,24 @@ def _band_plot(ax, frame, x, y, hue="norm", marker=None):
             ax.fill_between(g[x], g["lo"], g["hi"], color=color, alpha=0.2, lw=0)
 
 
-def _finish(fig, axes, top):
+def finish(fig, axes, top):
     """The shared legend above the panels (norm names spelled out) and the layout."""
-    _legend(fig, axes[0])
+    shared_legend(fig, axes[0])
     for ax in axes[1:]:
         if ax.get_legend():
             ax.get_legend().remove()
     fig.tight_layout(rect=(0, 0, 1, top))
     return fig
+
+
+def mark_diverged(ax, frame, x, y, hue, diverged):
+    """Diverged runs (bool column `diverged`) as an x at the top of the panel, at their x value."""
+    if diverged is None or not frame[diverged].any():
+        return
+    top = frame[y].max() if frame[y].notna().any() else 1.0
+    for norm, g in frame[frame[diverged]].groupby(hue):
+        ax.scatter(g[x], [top] * len(g), marker="x", s=70, color=NORM_COLORS.get(norm, "#333"),
+                   label=f"{NORM_LABELS.get(norm, norm)} diverged", zorder=5)
 
 
 def curves(frame, y, *, x="epoch", col="arch", hue="norm", logy=False, title=None, levels=None):
@@ -98,7 +111,7 @@ def curves(frame, y, *, x="epoch", col="arch", hue="norm", logy=False, title=Non
     panels = list(dict.fromkeys(frame[col])) if col else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     for ax, panel in zip(axes[0], panels):
-        _band_plot(ax, frame if panel is None else frame[frame[col] == panel], x, y, hue,
+        band_plot(ax, frame if panel is None else frame[frame[col] == panel], x, y, hue,
                    marker="o" if x == "epoch" else None)
         ax.set_xlabel({"epoch": "epoch (passes over the training set)", "step": "step (mini-batches)"}.get(x, x))
         ax.set_ylabel(METRIC_LABELS.get(y, y))
@@ -109,7 +122,7 @@ def curves(frame, y, *, x="epoch", col="arch", hue="norm", logy=False, title=Non
                         ha="right", va="bottom", fontsize="small", color="#444444")
         if logy:
             ax.set_yscale("log")
-    return _finish(fig, axes[0], 0.93)
+    return finish(fig, axes[0], 0.93)
 
 
 def intervals(summary, metric, *, col="arch", hue="norm", xlabel=None):
@@ -130,173 +143,6 @@ def intervals(summary, metric, *, col="arch", hue="norm", xlabel=None):
         ax.set_title(ARCH_LABELS.get(panel, panel) if panel is not None else "")
         ax.invert_yaxis()
     fig.tight_layout()
-    return fig
-
-
-def sweep(frame, x, y, *, hue="norm", logx=True, xlabel=None, ylabel=None, diverged=None, col=None, hline=None):
-    """y against a swept parameter x, per condition, 95% band over seeds; diverged runs marked with x;
-    hline: a dotted reference level (e.g. an accuracy threshold)."""
-    panels = list(dict.fromkeys(frame[col])) if col else [None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 3.9), squeeze=False)
-    for ax, panel in zip(axes[0], panels):
-        d = frame if panel is None else frame[frame[col] == panel]
-        _band_plot(ax, d, x, y, hue, marker="o")
-        _mark_diverged(ax, d, x, y, hue, diverged)
-        if hline is not None:
-            ax.axhline(hline, color="#444444", ls=":", lw=1.2)
-        if logx:
-            ax.set_xscale("log", base=2 if x == "batch_size" else 10)
-        ax.set_xlabel(xlabel or x)
-        ax.set_ylabel(ylabel or METRIC_LABELS.get(y, y))
-        ax.set_title(ARCH_LABELS.get(panel, panel) if panel is not None else "")
-    return _finish(fig, axes[0], 0.92)
-
-
-def _mark_diverged(ax, frame, x, y, hue, diverged):
-    """Diverged runs (bool column `diverged`) as an x at the top of the panel, at their x value."""
-    if diverged is None or not frame[diverged].any():
-        return
-    top = frame[y].max() if frame[y].notna().any() else 1.0
-    for norm, g in frame[frame[diverged]].groupby(hue):
-        ax.scatter(g[x], [top] * len(g), marker="x", s=70, color=NORM_COLORS.get(norm, "#333"),
-                   label=f"{NORM_LABELS.get(norm, norm)} diverged", zorder=5)
-
-
-# ---------------------------------------------------------------------------------------------
-# figures of the studies beyond the assignment (normlib.studies)
-
-STUDY_LABELS = {
-    "val_error": "validation error (1 - accuracy)", "best_val_acc": "best validation accuracy",
-    "final_val_acc": "final validation accuracy", "final_train_loss": "final training loss (cross-entropy)",
-    "loss_range": "loss range along the gradient", "grad_change": "gradient predictiveness (max L2 change)",
-    "beta": "effective beta-smoothness", "grad_imbalance": "|log10(first / last layer gradient norm)|",
-    "gap": "validation - training loss", "batch_size": "batch size (examples per step)",
-    "lr": "learning rate", "init_scale": "weight-initialization scale (std)",
-    "step": "step (mini-batches)", "position": "normalization position", "norm": "normalization",
-    "grad_spread": "gradient spread, log10(max / min layer RMS)", "effective_step": "effective step, mean ||dW|| / ||W||",
-    "signal_kept_deep": "var / (var + eps), deepest norm, at init",
-    "rep_dims": "dimensions of the last hidden representation, end",
-    "weight_rank": "stable rank of hidden weights, end", "median_shift": "median shift (in mean 15-85 spreads)",
-    "setback": "setback (largest rise of the validation loss)", "activation": "activation", "condition": "regularizer",
-    "value": "value",
-}
-
-
-def _axis_label(name):
-    return STUDY_LABELS.get(name, METRIC_LABELS.get(name, name))
-
-
-def panels(frame, x, ys, *, hue="norm", logx=False, logy=(), diverged=None):
-    """One panel per metric in ys: the metric against x per condition, mean and 95% band over seeds.
-    logy: metrics drawn on a log scale; diverged: a bool column, diverged runs marked x at the panel top."""
-    fig, axes = plt.subplots(1, len(ys), figsize=(4.8 * len(ys), 3.9), squeeze=False)
-    for ax, y in zip(axes[0], ys):
-        _band_plot(ax, frame, x, y, hue, marker="o" if x != "step" else None)
-        _mark_diverged(ax, frame, x, y, hue, diverged)
-        if logx:
-            ax.set_xscale("log", base=2 if x == "batch_size" else 10)
-        if y in logy:
-            ax.set_yscale("log")
-        ax.set_xlabel(_axis_label(x))
-        ax.set_ylabel(_axis_label(y))
-    return _finish(fig, axes[0], 0.88)
-
-
-def _quantile_band(ax, d, color):
-    """A median line inside its band: d has one column per quantile (low, middle, high), indexed by step."""
-    lo, mid, hi = (d[q] for q in sorted(d.columns))
-    ax.fill_between(d.index, lo, hi, color=color, alpha=0.25)
-    ax.plot(d.index, lo, "--", color=color, lw=1.0, label="15th and 85th percentiles")
-    ax.plot(d.index, hi, "--", color=color, lw=1.0)
-    ax.plot(d.index, mid, "-", color=color, lw=1.6, label="median")
-
-
-def percentile_traces(frame, *, col="norm"):
-    """Ioffe & Szegedy 2015, Fig. 1b-c: one unit's input percentiles over training (rows of
-    studies.drift_frame for one seed), one panel per condition; 15th-85th band, median line."""
-    panels_ = list(dict.fromkeys(frame[col]))
-    fig, axes = plt.subplots(1, len(panels_), figsize=(4.6 * len(panels_), 3.6), squeeze=False, sharey=True)
-    for ax, panel in zip(axes[0], panels_):
-        d = frame[frame[col] == panel].pivot_table(index="step", columns="quantile", values="value")
-        _quantile_band(ax, d, NORM_COLORS.get(panel, "#333"))
-        ax.set_title(NORM_LABELS.get(panel, panel))
-        ax.set_xlabel(_axis_label("step"))
-    axes[0][0].set_ylabel("input to the sigmoid")
-    axes[0][0].legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    return fig
-
-
-def statistics_modes(frame, x="batch_size"):
-    """Batch norm's validation error against x with the three ways of normalizing at test time (rows of
-    studies.batch_size_table): running statistics, statistics of batches of the training size, population
-    statistics of the final weights; mean and 95% band over seeds."""
-    modes = {"val_error": ("running statistics (inference)", "#1f77b4"),
-             "batch_stats_error": ("statistics of batches of the training size", "#ff7f0e"),
-             "population_error": ("statistics of batches of 500 (population)", "#2ca02c")}
-    long = frame.melt(id_vars=[x, "seed"], value_vars=list(modes), var_name="mode", value_name="error")
-    band = seed_band(long, x, "error", hue="mode")
-    fig, ax = plt.subplots(figsize=(6.4, 3.9))
-    for mode, g in band.groupby("mode", sort=False):
-        name, color = modes[mode]
-        ax.plot(g[x], g["mean"], marker="o", color=color, label=name, lw=1.6)
-        ax.fill_between(g[x], g["lo"], g["hi"], color=color, alpha=0.2, lw=0)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel(_axis_label(x))
-    ax.set_ylabel("batch norm: validation error")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    return fig
-
-
-def percentile_grid(frame, layers, *, col="norm"):
-    """percentile_traces for several probed layers: one row of panels per layer (layers: {name: label}),
-    one column per condition; each row shares its y axis."""
-    conds = list(dict.fromkeys(frame[col]))
-    fig, axes = plt.subplots(len(layers), len(conds), figsize=(4.4 * len(conds), 3.0 * len(layers)), squeeze=False)
-    for i, (layer, label) in enumerate(layers.items()):
-        for ax, cond in zip(axes[i], conds):
-            d = frame[(frame["layer"] == layer) & (frame[col] == cond)].pivot_table(index="step", columns="quantile",
-                                                                                    values="value")
-            _quantile_band(ax, d, NORM_COLORS.get(cond, "#333"))
-            ax.set_title(f"{NORM_LABELS.get(cond, cond)}: {label}", fontsize="small")
-            ax.set_xlabel(_axis_label("step"))
-    axes[0][0].legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    return fig
-
-
-def points(frame, x, y, *, hue="norm", col=None, order=None, logy=False, hline=None, sharey=True):
-    """Each seed as a dot and the mean with its 95% Student-t CI (seaborn pointplot), per x category and hue,
-    one panel per col value (its y axis shared unless sharey=False); hline: a dotted reference level."""
-    panels_ = list(dict.fromkeys(frame[col])) if col else [None]
-    width = max(4.6, 2.0 * frame[x].nunique())
-    fig, axes = plt.subplots(1, len(panels_), figsize=(width * len(panels_), 3.8), squeeze=False, sharey=sharey)
-    hues = list(dict.fromkeys(frame[hue]))
-    for ax, panel in zip(axes[0], panels_):
-        d = frame if panel is None else frame[frame[col] == panel]
-        kw = dict(data=d, x=x, y=y, hue=hue, hue_order=hues, order=order, palette=palette(hues), ax=ax)
-        sns.stripplot(**kw, dodge=len(hues) > 1 and hue != x, alpha=0.6, size=5, legend=False)
-        dodge = 0.8 - 0.8 / len(hues) if len(hues) > 1 and hue != x else False  # centred on the strips' columns
-        sns.pointplot(**kw, dodge=dodge, errorbar=lambda v: mean_ci(v, bounds=metric_bounds(y))[1:],
-                      linestyle="none", capsize=0.1, marker="D")  # the tables' Student-t interval
-        if hline is not None:
-            ax.axhline(hline, color="#444444", ls=":", lw=1.2)
-        ax.set_xlabel(_axis_label(x))
-        ax.set_ylabel(_axis_label(y) if panel is None or sharey else _axis_label(panel))
-        ax.set_title(_axis_label(panel) if panel is not None else "")
-        if logy:
-            ax.set_yscale("log")
-        if hue == x:  # the x axis already names the conditions
-            ax.set_xticks(ax.get_xticks(), [NORM_LABELS.get(t.get_text(), t.get_text()) for t in ax.get_xticklabels()])
-            if ax.get_legend():
-                ax.get_legend().remove()
-    if hue != x:
-        _legend(fig, axes[0][0])
-    for ax in axes[0][1:]:
-        if ax.get_legend():
-            ax.get_legend().remove()
-    fig.tight_layout(rect=(0, 0, 1, 0.9) if hue != x else None)
     return fig
 
 
@@ -353,8 +199,8 @@ def lr_curves(tuning, selected):
     for ax, arch in zip(axes[0], archs):
         d = tuning[tuning["arch"] == arch]
         first, later = d[d["steps"] == d["steps"].min()], d[d["steps"] > d["steps"].min()]
-        _band_plot(ax, first, "lr", "best_val_loss", marker="o")
-        _mark_diverged(ax, first, "lr", "best_val_loss", "norm", "failed")
+        band_plot(ax, first, "lr", "best_val_loss", marker="o")
+        mark_diverged(ax, first, "lr", "best_val_loss", "norm", "failed")
         for (norm, steps), g in later.groupby(["norm", "steps"], sort=False):
             means = g.groupby("lr")["best_val_loss"].mean()
             ax.scatter(means.index, means.to_numpy(), marker="o", s=40, facecolor="none",
@@ -370,7 +216,7 @@ def lr_curves(tuning, selected):
         ax.set_xlabel("learning rate (peak of the schedule)")
         ax.set_ylabel("best validation loss (tuning seeds)")
         ax.set_title(ARCH_LABELS.get(arch, arch))
-    return _finish(fig, axes[0], 0.9)
+    return finish(fig, axes[0], 0.9)
 
 
 def criteria(measures, names=("steps_to_level", "spike", "best_test_loss")):

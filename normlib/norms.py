@@ -4,8 +4,8 @@
   statistics for inference; the variance is stored unbiased, momentum update as in torch).
 - Layer norm: Ba, Kiros & Hinton 2016, eq. 4 (statistics over the features of one example).
 - Group norm: Wu & He 2018, eq. 1-3 with per-channel gamma/beta (layer-norm math on (N, G, -1)).
-- Weight norm: Salimans & Kingma 2016, eq. 2 (w = g v/||v||), eq. 3 (gradients) and sec. 3
-  (data-dependent initialization).
+- Weight norm: Salimans & Kingma 2016 (w = g v/||v||): its pair, Function, modules and data-dependent
+  initialization are in normlib.weight_norm; `weight_norm` here builds it for a layer.
 
 Each normalization is a pure pair, cs231n style: `*_forward` returns the output and a cache,
 `*_backward` takes the upstream gradient and that cache and returns one gradient per input.
@@ -19,7 +19,8 @@ NORMLIB_KERNELS=python.
 NORMS, at the end, is the one table of the kinds: how models build each one, how the report names
 and draws it, and what normlib.check needs to check it against torch's built-in, finite
 differences and gradcheck (tests/test_norms.py runs those checks for every entry). Adding a kind
-is its entry, its pair, Function and Module, and its tests.
+is its entry, its pair, Function and Module, and its tests. The names other modules validate
+against live here: NORM_KINDS (the registry's keys) and IMPLS (normlib.params reads both).
 """
 import math
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from normlib import kernels
-from normlib.params import IMPLS
+from normlib.weight_norm import (WeightNormConv2d, WeightNormFn, WeightNormLinear, weight_norm_backward,
+                                 weight_norm_forward)
 
+IMPLS = ("custom", "torch")  # every layer's implementations: normlib's from-scratch one, or torch's built-in
 
 
 # ----------------------------------------------------------------------------
@@ -120,24 +123,6 @@ def group_norm_backward(dy, cache):
     return dx.view(dy.shape), dgamma, dbeta
 
 
-def weight_norm_forward(v, g):
-    """v: (out, *in); g: (out,). Eq. 2: w = g v/||v||, the norm per output unit (over all axes but 0).
-    Returns w (out, *in) and cache = (v, g, norm)."""
-    shape = [-1] + [1] * (v.dim() - 1)  # (out,) -> (out, 1, 1, 1), to broadcast over v
-    norm = torch.linalg.vector_norm(v.flatten(1), dim=1)  # (out,) ||v||
-    w = (g / norm).view(shape) * v  # (out, in, kh, kw)
-    return w, (v, g, norm)
-
-
-def weight_norm_backward(dw, cache):
-    """dw: (out, *in). Eq. 3: dg = dw.v/||v||, dv = g/||v|| dw - g dg/||v||^2 v. Returns dv (out, *in), dg (out,)."""
-    v, g, norm = cache  # (out, in, kh, kw), (out,), (out,)
-    shape = [-1] + [1] * (v.dim() - 1)
-    dg = (dw * v).flatten(1).sum(1) / norm  # (out,)
-    dv = (g / norm).view(shape) * dw - (g * dg / norm ** 2).view(shape) * v  # (out, in, kh, kw)
-    return dv, dg
-
-
 # ----------------------------------------------------------------------------
 # autograd Functions: the pairs above as differentiable ops (first derivatives only)
 
@@ -188,21 +173,6 @@ class GroupNormFn(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         return *group_norm_backward(dy, (*ctx.saved_tensors, ctx.num_groups)), None, None
-
-
-class WeightNormFn(torch.autograd.Function):
-    """WeightNormFn.apply(v, g) -> w = g * v/||v||."""
-
-    @staticmethod
-    def forward(ctx, v, g):
-        w, cache = weight_norm_forward(v, g)
-        ctx.save_for_backward(*cache)
-        return w
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dw):
-        return weight_norm_backward(dw, ctx.saved_tensors)
 
 
 # ----------------------------------------------------------------------------
@@ -291,44 +261,6 @@ class GroupNorm(nn.Module):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
 
 
-class WeightNormLinear(nn.Module):
-    """nn.Linear with w = g v/||v|| (per output unit); built from an existing layer, same function at init."""
-
-    def __init__(self, layer: nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = layer.in_features, layer.out_features
-        self.v = nn.Parameter(layer.weight.detach().clone())  # (out, in)
-        self.g = nn.Parameter(torch.linalg.vector_norm(self.v.detach(), dim=1))  # (out,)
-        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())  # (out,)
-
-    def forward(self, x):
-        return F.linear(x, WeightNormFn.apply(self.v, self.g), self.bias)
-
-    def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-
-
-class WeightNormConv2d(nn.Module):
-    """nn.Conv2d with w = g v/||v|| (per output channel); keeps the layer's stride, padding, dilation, groups."""
-
-    def __init__(self, layer: nn.Conv2d):
-        super().__init__()
-        if layer.padding_mode != "zeros":
-            raise ValueError(f"weight_norm: padding_mode={layer.padding_mode!r} is not supported, only 'zeros'")
-        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
-        self.v = nn.Parameter(layer.weight.detach().clone())  # (out, in/groups, kh, kw)
-        self.g = nn.Parameter(torch.linalg.vector_norm(self.v.detach().flatten(1), dim=1))  # (out,)
-        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())  # (out,)
-
-    def forward(self, x):
-        w = WeightNormFn.apply(self.v, self.g)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-    def extra_repr(self):
-        return (f"{self.v.shape[1] * self.groups}, {self.v.shape[0]}, kernel_size={tuple(self.v.shape[2:])}, "
-                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
-
-
 def weight_norm(layer, impl="custom"):
     """Weight-normalized copy of an nn.Linear / nn.Conv2d computing the same function at init.
     impl="torch" applies torch.nn.utils.parametrizations.weight_norm to the layer itself."""
@@ -339,34 +271,6 @@ def weight_norm(layer, impl="custom"):
     if impl == "torch":
         return nn.utils.parametrizations.weight_norm(layer)
     return WeightNormLinear(layer) if isinstance(layer, nn.Linear) else WeightNormConv2d(layer)
-
-
-@torch.no_grad()
-def data_dependent_init(model, x):
-    """Salimans & Kingma 2016, sec. 3: run the batch x through model once; at each custom weight-norm
-    layer, in forward order, take t = v.x/||v|| (per output unit, over the batch and positions) and set
-    g = 1/std(t), b = -mean(t)/std(t), so the layer's outputs on x have mean 0 and std 1 and later
-    layers see the initialized earlier ones. Returns the model."""
-    def init(layer, inputs, _output):
-        w = WeightNormFn.apply(layer.v, torch.ones_like(layer.g))  # v/||v||
-        t = F.linear(inputs[0], w) if isinstance(layer, WeightNormLinear) else \
-            F.conv2d(inputs[0], w, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-        dims = [0] + list(range(2, t.dim()))  # all but the output unit
-        std, mean = torch.std_mean(t, dim=dims, correction=0)  # (out,)
-        std.clamp_min_(1e-12)  # a unit with constant t (e.g. dead inputs) keeps a finite scale
-        layer.g.copy_(std.reciprocal())
-        if layer.bias is not None:
-            layer.bias.copy_(-mean / std)
-        return layer.forward(*inputs)  # the initialized output, seen by later layers
-
-    layers = [m for m in model.modules() if isinstance(m, (WeightNormLinear, WeightNormConv2d))]
-    hooks = [m.register_forward_hook(init) for m in layers]
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return model
 
 
 # ----------------------------------------------------------------------------

@@ -19,7 +19,6 @@ ARCHS = ("mlp", "cnn")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
-IMPLS = ("custom", "torch")
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 NORM_POSITIONS = ("before", "after")  # normalization before or after the activation
 FASHION_TRAIN = 60_000  # Fashion-MNIST training images (train + validation split)
@@ -92,12 +91,22 @@ def norm_kinds():
     return NORM_KINDS
 
 
+def impls():
+    """The layers' implementations, normlib.norms.IMPLS (imported on first use, as norm_kinds)."""
+    from normlib.norms import IMPLS
+    return IMPLS
+
+
 def norm_kind(v):
     return choice(norm_kinds(), "norm")(v)
 
 
 def norm_kind_list(v):
     return subset(norm_kinds(), "norm")(v)
+
+
+def impl(v):
+    return choice(impls(), "impl")(v)
 
 
 def list_of(item, what):
@@ -245,7 +254,7 @@ RULES = {
     "seed": nonneg_int,
     "device": choice(DEVICES, "device"),
     "optimizer": choice(OPTIMIZERS, "optimizer"),
-    "impl": choice(IMPLS, "impl"),
+    "impl": impl,
     "activation": choice(ACTIVATIONS, "activation"),
     "activations": subset(ACTIVATIONS, "activation"),
     "norm_position": choice(NORM_POSITIONS, "norm_position"),

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from normlib.data import N_TRAIN, load_fashion_mnist
 from normlib import params
 from normlib.models import from_config
-from normlib.norms import data_dependent_init
+from normlib.weight_norm import data_dependent_init
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from normlib.paths import results_dir, write_atomic
 from normlib.train import History, TrainConfig
 
 THREADS = 1  # torch threads per trial, whatever runs it
-TRAINER_FILES = ("norms.py", "kernels.py", "models.py", "data.py", "train.py")  # and every normlib/**/*.cpp
+TRAINER_FILES = ("norms.py", "weight_norm.py", "kernels.py", "models.py", "data.py", "train.py")  # and every normlib/**/*.cpp
 PROBE_FILES = ("probes.py",)
 
 

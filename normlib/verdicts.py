@@ -19,10 +19,11 @@ comparison established in the first set is "confirmed" when the second set gives
 Holm-adjusted p < 0.05, Holm over the comparisons established in the first set; else "not confirmed";
 "not established" when the first set did not establish it. Headlines come only from confirmed verdicts.
 
-Equivalence ("no difference") is a claim of its own: tost, two one-sided Welch tests within a stated
-margin (Schuirmann 1987). Which condition wins a criterion comes from the pairwise verdicts (winners:
-the condition established better than every other), so one failing outlier condition cannot erase
-the verdicts between the others, as rank_conditions' overlap rule did.
+Equivalence ("no difference") is a claim of its own: normlib.stats.tost, two one-sided Welch tests
+within a stated margin (Schuirmann 1987); Holm's adjustment and the Brown-Forsythe test are in
+normlib.stats too. Which condition wins a criterion comes from the pairwise verdicts (winners: the
+condition established better than every other), so one failing outlier condition cannot erase the
+verdicts between the others, as rank_conditions' overlap rule did.
 """
 import math
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ import pandas as pd
 from scipy import stats
 
 from normlib.metrics import MIN_SEEDS, format_ci, mean_ci, welch, welch_ci
+from normlib.stats import ALPHA, finite, holm, spread_test
 
-ALPHA = 0.05
 LABELS = {"none": "no normalization", "batch": "batch norm", "layer": "layer norm", "weight": "weight norm",
           "group": "group norm", "batch+layer": "batch + layer norm"}
 SHORT = {"none": "none", "batch": "BN", "layer": "LN", "weight": "WN", "group": "GN", "batch+layer": "BN+LN"}
@@ -76,73 +77,6 @@ PRIMARY_PAIRS = (("batch", "none"), ("layer", "none"), ("batch", "layer"))
 
 
 # ---------------------------------------------------------------------------------------------
-# statistics
-
-def _finite(values):
-    x = np.asarray([v for v in values if v is not None], dtype=float)
-    return x[np.isfinite(x)]
-
-
-def holm(pvalues):
-    """Holm's step-down adjusted p-values, in the input order. A NaN p (a comparison that could not be
-    tested) stays NaN but counts in the family size, as a declared comparison that cannot reject."""
-    p = np.asarray(pvalues, dtype=float)
-    m, out = len(p), np.full(len(p), np.nan)
-    order = [i for i in np.argsort(p, kind="stable") if np.isfinite(p[i])]
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out
-
-
-def tost(a, b, margin, alpha=ALPHA):
-    """Equivalence of two means within +-margin by two one-sided Welch tests (Schuirmann 1987):
-    H0 diff <= -margin and H0 diff >= +margin. Returns diff, its (1 - 2 alpha) Welch interval, the two
-    one-sided p, p = their max, and equivalent (p < alpha: the difference lies within the margin)."""
-    a, b = _finite(a), _finite(b)
-    out = {"diff": float(a.mean() - b.mean()) if len(a) and len(b) else math.nan, "margin": float(margin),
-           "lo": math.nan, "hi": math.nan, "p_lower": math.nan, "p_upper": math.nan, "p": math.nan,
-           "equivalent": False}
-    if len(a) < 2 or len(b) < 2:
-        return out
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se, d = math.sqrt(va + vb), out["diff"]
-    if se == 0:
-        p_lower, p_upper, half = float(d <= -margin), float(d >= margin), 0.0
-    else:
-        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-        p_lower, p_upper = stats.t.sf((d + margin) / se, df), stats.t.cdf((d - margin) / se, df)
-        half = stats.t.ppf(1 - alpha, df) * se
-    p = max(p_lower, p_upper)
-    out.update(lo=d - half, hi=d + half, p_lower=float(p_lower), p_upper=float(p_upper), p=float(p),
-               equivalent=bool(p < alpha))
-    return out
-
-
-def km_restricted_mean(times, reached, horizon):
-    """Restricted mean time to the event up to `horizon`, the area under the Kaplan-Meier survival curve;
-    runs that did not reach the event are censored at their time. When every run is censored only at
-    the common horizon this equals the mean of min(time, horizon), the mean of metrics.steps_to_level."""
-    t, e = np.asarray(times, dtype=float), np.asarray(reached, dtype=bool)
-    surv, area, last = 1.0, 0.0, 0.0
-    for u in np.unique(t[e & (t <= horizon)]):
-        area += surv * (u - last)
-        surv *= 1 - np.sum(e & (t == u)) / np.sum(t >= u)
-        last = u
-    return float(area + surv * (horizon - last))
-
-
-def spread_test(a, b):
-    """Brown-Forsythe test of equal spread (Levene's test about the median): sd_a, sd_b and p."""
-    a, b = _finite(a), _finite(b)
-    if len(a) < 2 or len(b) < 2:
-        return {"sd_a": math.nan, "sd_b": math.nan, "p": math.nan}
-    p = stats.levene(a, b, center="median").pvalue if np.ptp(np.concatenate([a, b])) > 0 else math.nan
-    return {"sd_a": float(a.std(ddof=1)), "sd_b": float(b.std(ddof=1)), "p": float(p)}
-
-
-# ---------------------------------------------------------------------------------------------
 # one comparison, and tables of them
 
 def _group(table, network, condition):
@@ -154,7 +88,7 @@ def compare(ga, gb, name, measure):
     per group n, n diverged (and n reached, for steps), mean and 95% CI; diff = first - second with its
     Welch 95% CI, p of the measure's test, and Hedges' g when both groups spread above the resolution."""
     col = measure.column or name
-    a, b = _finite(ga[col]), _finite(gb[col])
+    a, b = finite(ga[col]), finite(gb[col])
     out = {"n_first": len(a), "diverged_first": int(ga["diverged"].sum()),
            "n_second": len(b), "diverged_second": int(gb["diverged"].sum()),
            "reached_first": int(ga["reached"].sum()) if "reached" in ga and name == "steps_to_level" else None,
@@ -263,7 +197,7 @@ def condition_summary(table, measures=PRIMARY + ("seconds_to_level", "log_loss_a
             bounds = m.bounds if m else None
             if name == "steps_to_level":
                 bounds = (0.0, float(g["planned_steps"].max()))
-            x = _finite(g[name])
+            x = finite(g[name])
             mean, lo, hi = mean_ci(x, bounds=bounds)
             rows.append({**dict(zip(by, key)), "measure": name, "n": len(g), "diverged": int(g["diverged"].sum()),
                          "reached": int(g["reached"].sum()) if name == "steps_to_level" else None,

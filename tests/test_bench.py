@@ -42,3 +42,11 @@ def test_quick_benchmark_writes_every_measurement(tmp_path):
                ("builtin_layer_norm_over_groupnorm", "mlp_matmul_ceiling_examples_per_s", "ceiling_vs_torchvision",
                 "matmuls_only_vs_torchvision"))
     assert not list(tmp_path.glob(".*.tmp"))  # the JSON was written atomically
+
+
+def test_each_measurement_has_its_own_file():
+    """benchmarks/: one file per measurement, each opening with what it measures; bench.py runs them."""
+    import ast
+    docs = {p.stem: ast.get_docstring(ast.parse(p.read_text())) for p in (REPO / "benchmarks").glob("*.py")}
+    assert set(docs) == {"bench", "timing", "training", "layers", "peak", "grid", "profiles"}
+    assert all(docs.values()), [name for name, doc in docs.items() if not doc]

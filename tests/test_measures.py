@@ -165,7 +165,7 @@ def test_convergence_is_unchanged_by_a_common_shift_of_every_curve():
 
 
 def test_censored_runs_restricted_mean():
-    from normlib.verdicts import km_restricted_mean
+    from normlib.stats import km_restricted_mean
     hs = [run(falling(5), seed=0), run(falling(5, 0.6), seed=1), run(falling(5), seed=2, diverged_step=100)]
     t = metrics.measures_table(hs, levels={"mlp": 0.5})
     assert t["reached"].tolist() == [True, False, False]

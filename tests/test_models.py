@@ -9,7 +9,8 @@ from torch.nn.utils import parametrize
 import torch.nn.functional as F
 
 from normlib.models import MaxPool2, build_model
-from normlib.norms import NORM_KINDS, BatchNorm, LayerNorm, WeightNormConv2d, WeightNormLinear
+from normlib.norms import NORM_KINDS, BatchNorm, LayerNorm
+from normlib.weight_norm import WeightNormConv2d, WeightNormLinear
 
 NORMS = NORM_KINDS  # every kind of the registry
 

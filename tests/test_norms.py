@@ -12,8 +12,8 @@ from torch.autograd.gradcheck import GradcheckError
 from normlib import check, kernels, trials
 from normlib.check import (CHECK_KINDS, compare_to_builtin, gradcheck, kernels_of, max_abs, numeric_gradient_errors,
                            rel_error)
-from normlib.norms import (NORMS, BatchNorm, GroupNorm, LayerNorm, WeightNormConv2d, WeightNormFn, WeightNormLinear,
-                           data_dependent_init, group_count, make_norm, weight_norm)
+from normlib.norms import NORMS, BatchNorm, GroupNorm, LayerNorm, group_count, make_norm, weight_norm
+from normlib.weight_norm import WeightNormConv2d, WeightNormFn, WeightNormLinear, data_dependent_init
 
 f64 = torch.float64
 FUSED = [kind for kind, norm in NORMS.items() if norm.fused]  # the kinds with a C++ kernel too

@@ -298,7 +298,8 @@ def test_corrupted_file_is_replaced_from_debian_package(tmp_path):
 
 
 def test_diverged_run_is_recorded_cached_and_reported(tmp_path):
-    from normlib import figures, metrics, protocol, studies
+    from normlib import figures, metrics, protocol, study_figures
+    from normlib.studies import learning_rate
     from normlib.trials import run_configs
     from normlib.train import TrainConfig
 
@@ -320,12 +321,12 @@ def test_diverged_run_is_recorded_cached_and_reported(tmp_path):
     assert bool(row["diverged"]) and row["diverged_step"] == bad.diverged_step
     assert math.isnan(row["final_val_loss"]) and math.isnan(row["final_val_acc"])
     assert metrics.trials_table(hists)["diverged"].tolist() == [False, False, True, True]
-    table = studies.learning_rate_table(hists, threshold=0.5)
+    table = learning_rate.tabulate(hists, threshold=0.5)
     assert table.groupby("lr")["failed"].sum().to_dict() == {0.05: 0, 100.0: 2}
     assert (table[table["lr"] == 100.0]["final_val_acc"] == metrics.CHANCE_ACC).all()
     assert not table[table["lr"] == 100.0]["trains"].any()
     # figures: marked as diverged, no crash
-    fig = figures.sweep(table, "lr", "final_val_acc", diverged="failed")
+    fig = study_figures.sweep(table, "lr", "final_val_acc", diverged="failed")
     labels = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else \
         [h.get_label() for ax in fig.axes for h in ax.collections]
     assert any("diverged" in label for label in labels), labels

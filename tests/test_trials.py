@@ -82,7 +82,7 @@ def test_code_version_hashes_the_code_a_trial_runs(tmp_path, monkeypatch):
     from pathlib import Path
     lib = Path(trials.__file__).parent
     sources = {p.relative_to(lib).as_posix() for p in trials._source_files(trials.TRAINER_FILES)}
-    assert sources >= {"norms.py", "kernels.py", "models.py", "data.py", "train.py"}
+    assert sources >= {"norms.py", "weight_norm.py", "kernels.py", "models.py", "data.py", "train.py"}
     assert any(s.endswith(".cpp") for s in sources)  # the C++ kernels
     plain, probed = trials.code_version(False), trials.code_version(True)
     assert plain != probed  # probes.py counts for probed trials only

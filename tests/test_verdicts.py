@@ -1,16 +1,15 @@
 """Tests of normlib.verdicts on hand-made per-run tables and synthetic Histories (nothing is trained):
-Holm, TOST, Kaplan-Meier restricted mean and Brown-Forsythe against hand computations and scipy; the
-primary family and its verdicts; exploratory comparisons; confirmation on fresh seeds; winners from
-pairwise verdicts; glue values and the reader's table."""
+the primary family and its verdicts; exploratory comparisons; confirmation on fresh seeds; winners from
+pairwise verdicts; glue values and the reader's table. (normlib.stats, Holm and TOST among them: tests/test_stats.py.)"""
 import math
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from normlib import metrics, verdicts
+from normlib.stats import holm
 
 C = metrics.CHANCE_LOSS
 
@@ -48,7 +47,7 @@ def study(network="mlp"):
 
 
 # ----------------------------------------------------------------------------
-# statistics
+# a measure without spread
 
 def test_no_verdict_on_a_measure_without_spread_in_either_condition():
     """Every run of both conditions at the same value (a loss that never rose: spike 0 everywhere, or two
@@ -67,46 +66,6 @@ def test_no_verdict_on_a_measure_without_spread_in_either_condition():
     assert (merged[merged["measure"] == "spike"]["claim"] == verdicts.NO_SPREAD).all()
 
 
-def test_holm_by_hand():
-    adjusted = verdicts.holm([0.01, 0.04, 0.03, 0.005])
-    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> running max 0.06
-    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    nan_too = verdicts.holm([0.01, math.nan])  # an untestable comparison still counts in the family
-    assert nan_too[0] == pytest.approx(0.02) and math.isnan(nan_too[1])
-    assert verdicts.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
-
-
-def test_tost_matches_two_one_sided_welch_tests():
-    a = [0.301, 0.305, 0.298, 0.303, 0.300]
-    b = [0.302, 0.299, 0.304, 0.301, 0.306]
-    r = verdicts.tost(a, b, margin=0.01)
-    x, y = np.array(a), np.array(b)
-    assert r["p_lower"] == pytest.approx(stats.ttest_ind(x + 0.01, y, equal_var=False, alternative="greater").pvalue)
-    assert r["p_upper"] == pytest.approx(stats.ttest_ind(x - 0.01, y, equal_var=False, alternative="less").pvalue)
-    assert r["equivalent"] and r["p"] == max(r["p_lower"], r["p_upper"]) < 0.05
-    assert -0.01 < r["lo"] < r["diff"] < r["hi"] < 0.01  # the 90% interval lies inside the margin
-    assert not verdicts.tost(a, b, margin=0.001)["equivalent"]  # too narrow a margin for these seeds
-    assert not verdicts.tost(a, list(y + 0.02), margin=0.01)["equivalent"]  # a real difference
-    assert not verdicts.tost(a[:1], b, margin=1.0)["equivalent"]  # one run: nothing is established
-
-
-def test_km_restricted_mean():
-    # events at 2 and 4, one run censored at 6 (before the horizon 10): S = 1, then 2/3, then 1/3
-    assert verdicts.km_restricted_mean([2, 4, 6], [True, True, False], 10) == pytest.approx(2 + 2 * 2 / 3 + 6 / 3)
-    times, reached = [300.0, 450.0, 1000.0, 1000.0], [True, True, False, False]  # censored at the horizon only
-    assert verdicts.km_restricted_mean(times, reached, 1000) == pytest.approx(np.mean(times))
-
-
-def test_spread_test_responds_to_spread_not_to_the_mean():
-    rng = np.random.default_rng(0)
-    tight, wide = 0.30 + 0.002 * rng.standard_normal(10), 0.30 + 0.03 * rng.standard_normal(10)
-    r = verdicts.spread_test(tight, wide)
-    assert r["p"] < 0.01 and r["sd_a"] < r["sd_b"]
-    assert r["p"] == pytest.approx(stats.levene(tight, wide, center="median").pvalue)
-    assert verdicts.spread_test(tight, wide + 1.0)["p"] == pytest.approx(r["p"])
-    assert verdicts.spread_test(tight, tight + 0.1)["p"] > 0.9
-
-
 # ----------------------------------------------------------------------------
 # the primary family
 
@@ -115,7 +74,7 @@ def test_primary_table_is_the_declared_family():
     assert len(t) == 2 * 3 * 3 and set(t["family"]) == {"primary"}
     assert set(t["measure"]) == set(verdicts.PRIMARY) and set(t["better"]) == {"lower"}
     assert {tuple(p) for p in t[["first", "second"]].to_numpy()} == set(verdicts.PRIMARY_PAIRS)
-    assert (t["p_holm"] >= t["p"]).all() and t["p_holm"].tolist() == pytest.approx(list(verdicts.holm(t["p"])))
+    assert (t["p_holm"] >= t["p"]).all() and t["p_holm"].tolist() == pytest.approx(list(holm(t["p"])))
 
 
 def test_primary_verdicts_follow_holm_and_direction():

@@ -1,0 +1,81 @@
+"""Statistical tests the verdicts and the studies use, on plain samples (lists or arrays of numbers).
+
+- holm: Holm's step-down adjustment of a family of p-values (Holm 1979).
+- tost: equivalence of two means within a margin, two one-sided Welch tests (Schuirmann 1987).
+- spread_test: equal spread of two samples, the Brown-Forsythe test (Levene's test about the median).
+- km_restricted_mean: the restricted mean time to an event, the area under the Kaplan-Meier curve.
+
+Means with their Student-t intervals and Welch's test are in normlib.metrics (mean_ci, welch,
+welch_ci, format_ci).
+"""
+import math
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05  # every test of the report decides at this level
+
+
+def finite(values):
+    """The finite numbers of values (None and NaN dropped), as a float array."""
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    return x[np.isfinite(x)]
+
+
+def holm(pvalues):
+    """Holm's step-down adjusted p-values, in the input order. A NaN p (a comparison that could not be
+    tested) stays NaN but counts in the family size, as a declared comparison that cannot reject."""
+    p = np.asarray(pvalues, dtype=float)
+    m, out = len(p), np.full(len(p), np.nan)
+    order = [i for i in np.argsort(p, kind="stable") if np.isfinite(p[i])]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def tost(a, b, margin, alpha=ALPHA):
+    """Equivalence of two means within +-margin by two one-sided Welch tests (Schuirmann 1987):
+    H0 diff <= -margin and H0 diff >= +margin. Returns diff, its (1 - 2 alpha) Welch interval, the two
+    one-sided p, p = their max, and equivalent (p < alpha: the difference lies within the margin)."""
+    a, b = finite(a), finite(b)
+    out = {"diff": float(a.mean() - b.mean()) if len(a) and len(b) else math.nan, "margin": float(margin),
+           "lo": math.nan, "hi": math.nan, "p_lower": math.nan, "p_upper": math.nan, "p": math.nan,
+           "equivalent": False}
+    if len(a) < 2 or len(b) < 2:
+        return out
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se, d = math.sqrt(va + vb), out["diff"]
+    if se == 0:
+        p_lower, p_upper, half = float(d <= -margin), float(d >= margin), 0.0
+    else:
+        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+        p_lower, p_upper = stats.t.sf((d + margin) / se, df), stats.t.cdf((d - margin) / se, df)
+        half = stats.t.ppf(1 - alpha, df) * se
+    p = max(p_lower, p_upper)
+    out.update(lo=d - half, hi=d + half, p_lower=float(p_lower), p_upper=float(p_upper), p=float(p),
+               equivalent=bool(p < alpha))
+    return out
+
+
+def km_restricted_mean(times, reached, horizon):
+    """Restricted mean time to the event up to `horizon`, the area under the Kaplan-Meier survival curve;
+    runs that did not reach the event are censored at their time. When every run is censored only at
+    the common horizon this equals the mean of min(time, horizon), the mean of metrics.steps_to_level."""
+    t, e = np.asarray(times, dtype=float), np.asarray(reached, dtype=bool)
+    surv, area, last = 1.0, 0.0, 0.0
+    for u in np.unique(t[e & (t <= horizon)]):
+        area += surv * (u - last)
+        surv *= 1 - np.sum(e & (t == u)) / np.sum(t >= u)
+        last = u
+    return float(area + surv * (horizon - last))
+
+
+def spread_test(a, b):
+    """Brown-Forsythe test of equal spread (Levene's test about the median): sd_a, sd_b and p."""
+    a, b = finite(a), finite(b)
+    if len(a) < 2 or len(b) < 2:
+        return {"sd_a": math.nan, "sd_b": math.nan, "p": math.nan}
+    p = stats.levene(a, b, center="median").pvalue if np.ptp(np.concatenate([a, b])) > 0 else math.nan
+    return {"sd_a": float(a.std(ddof=1)), "sd_b": float(b.std(ddof=1)), "p": float(p)}

@@ -1,0 +1,58 @@
+"""The tutorial's claim that layer normalization suits recurrent networks (Ba, Kiros & Hinton 2016, sec.
+3.1): a row-by-row tanh RNN on Fashion-MNIST (normlib.models.RowRNN) without normalization, with layer
+norm in the recurrence, and with batch norm with statistics per time step (Cooijmans et al. 2016).
+
+The page's family: layer norm against no normalization and against per-step batch norm on the final
+validation error, and per-step batch norm against none for context.
+"""
+from types import SimpleNamespace
+
+import pandas as pd
+
+from normlib import figures
+from normlib.figures import norm_label
+from normlib.metrics import CHANCE_ACC, completed_curve
+from normlib.protocol import curves_frame
+from normlib.report import glue_figure, glue_values
+from normlib.studies import common
+from normlib.studies.common import NORMS, difference, final_error, glue_family, level_text, runs_text, seed_count
+from normlib.trials import run_trials, trial
+
+
+def trials(P):
+    """norm x seed of the row-by-row RNN (normlib.models.RowRNN): no normalization, layer norm in the
+    recurrence, batch norm with statistics per time step."""
+    return [trial(common.config(P, norm=n, seed=s, hidden=(P["rnn_hidden"],)), model="rnn") for n in NORMS
+            for s in P["seeds"]]
+
+
+def family(table):
+    """Layer norm against no normalization and against per-step batch norm on the final validation error
+    (and per-step batch norm against none, for context)."""
+    at = lambda n: table[table["norm"] == n]["val_error"]  # noqa: E731
+    return common.family([difference("rnn_ln_vs_none", "layer norm's error lower than without normalization",
+                                     at("layer"), at("none"), predicted=-1),
+                          difference("rnn_ln_vs_bn", "layer norm's error lower than per-step batch norm's",
+                                     at("layer"), at("batch"), predicted=-1),
+                          difference("rnn_bn_vs_none", "per-step batch norm's error lower than without normalization",
+                                     at("batch"), at("none"), predicted=-1)])
+
+
+def page(P):
+    """The recurrent page: trials, family, errors per norm, curves figure fig_recurrent."""
+    results = run_trials(trials(P), workers=P["workers"], force=P["force"])
+    hs = [r.history for r in results]
+    table = pd.DataFrame([{"norm": h.config["norm"], "seed": h.config["seed"], "val_error": final_error(h),
+                           "diverged": completed_curve(h).failed, "test_error": 1 - float(h.test_acc)
+                           if not completed_curve(h).failed else 1 - CHANCE_ACC} for h in hs])
+    fam = family(table)
+    glue_family(fam)
+    glue_values({**seed_count(P), "rnn_runs": runs_text(results), "rnn_steps": int(max(len(h.step_loss) for h in hs)),
+                 "rnn_hidden": P["rnn_hidden"], "rnn_n_diverged": int(table["diverged"].sum()),
+                 **{f"rnn_err_{n}": level_text(table[table["norm"] == n]["val_error"]) for n in NORMS}})
+    curves = curves_frame(hs, keys=("norm", "seed")).assign(val_error=lambda d: 1 - d["val_acc"], arch="rnn")
+    glue_figure("fig_recurrent", figures.curves(curves, "val_error", x="step", col=None, title="RNN, row by row"))
+    summary = pd.DataFrame([{"condition": norm_label(n), "validation error": level_text(g["val_error"]),
+                             "test error": level_text(g["test_error"]), "diverged": int(g["diverged"].sum())}
+                            for n, g in table.groupby("norm", sort=False)])
+    return SimpleNamespace(verdicts=common.family_table(fam), summary=summary, table=table, family=fam)

@@ -1,0 +1,49 @@
+"""Tests of normlib.stats against hand computations and scipy: Holm, TOST, the Kaplan-Meier restricted
+mean and Brown-Forsythe."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from normlib.stats import holm, km_restricted_mean, spread_test, tost
+
+
+def test_holm_by_hand():
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> running max 0.06
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    nan_too = holm([0.01, math.nan])  # an untestable comparison still counts in the family
+    assert nan_too[0] == pytest.approx(0.02) and math.isnan(nan_too[1])
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+
+
+def test_tost_matches_two_one_sided_welch_tests():
+    a = [0.301, 0.305, 0.298, 0.303, 0.300]
+    b = [0.302, 0.299, 0.304, 0.301, 0.306]
+    r = tost(a, b, margin=0.01)
+    x, y = np.array(a), np.array(b)
+    assert r["p_lower"] == pytest.approx(stats.ttest_ind(x + 0.01, y, equal_var=False, alternative="greater").pvalue)
+    assert r["p_upper"] == pytest.approx(stats.ttest_ind(x - 0.01, y, equal_var=False, alternative="less").pvalue)
+    assert r["equivalent"] and r["p"] == max(r["p_lower"], r["p_upper"]) < 0.05
+    assert -0.01 < r["lo"] < r["diff"] < r["hi"] < 0.01  # the 90% interval lies inside the margin
+    assert not tost(a, b, margin=0.001)["equivalent"]  # too narrow a margin for these seeds
+    assert not tost(a, list(y + 0.02), margin=0.01)["equivalent"]  # a real difference
+    assert not tost(a[:1], b, margin=1.0)["equivalent"]  # one run: nothing is established
+
+
+def test_km_restricted_mean():
+    # events at 2 and 4, one run censored at 6 (before the horizon 10): S = 1, then 2/3, then 1/3
+    assert km_restricted_mean([2, 4, 6], [True, True, False], 10) == pytest.approx(2 + 2 * 2 / 3 + 6 / 3)
+    times, reached = [300.0, 450.0, 1000.0, 1000.0], [True, True, False, False]  # censored at the horizon only
+    assert km_restricted_mean(times, reached, 1000) == pytest.approx(np.mean(times))
+
+
+def test_spread_test_responds_to_spread_not_to_the_mean():
+    rng = np.random.default_rng(0)
+    tight, wide = 0.30 + 0.002 * rng.standard_normal(10), 0.30 + 0.03 * rng.standard_normal(10)
+    r = spread_test(tight, wide)
+    assert r["p"] < 0.01 and r["sd_a"] < r["sd_b"]
+    assert r["p"] == pytest.approx(stats.levene(tight, wide, center="median").pvalue)
+    assert spread_test(tight, wide + 1.0)["p"] == pytest.approx(r["p"])
+    assert spread_test(tight, tight + 0.1)["p"] > 0.9
