@@ -22,7 +22,7 @@ from normlib import figures, metrics, verdicts
 from normlib.protocol import (PRIMARY_NORMS, Protocol, curves_frame, rate_scores, read_record, steps_frame,
                               successive_halving, tuning_table, write_record)
 from normlib.report import glue_figure, glue_html, glue_value, glue_values
-from normlib import trials
+from normlib import progress
 from normlib.trials import run_configs
 
 NETWORKS = figures.ARCH_LABELS
@@ -38,7 +38,7 @@ def run_protocol(proto, norms, workers=0, force=False):
     score}})]), lrs ({(arch, norm): lr}), primary, confirm)."""
     conditions = [(arch, norm) for arch in proto.archs for norm in norms]
     n_tuning = sum(size for _, size in proto.tuning_plan(norms)) * len(conditions) * len(proto.tuning_seeds)
-    trials.expect(n_tuning + len(conditions) * (len(proto.seeds) + len(proto.confirm_seeds)))
+    progress.expect(n_tuning + len(conditions) * (len(proto.seeds) + len(proto.confirm_seeds)))
     tuning = []
 
     def evaluate(alive, budget):  # one rung: its runs go to the pool together

@@ -12,12 +12,8 @@ finished trials back; a changed config, data set or code computes them again; `f
 The client validates each result as it arrives and writes its entry atomically, so a run killed at
 any moment loses only the trials still training, and workers need no access to the results folder.
 
-One owner per key. Notebooks that run at the same time often need the same trials (steps 1, 2 and 3
-all need the runs without normalization). Before computing a trial, a client claims its key with a
-lock file created exclusively next to the entry (results/trials/<key>.lock: its host and pid); a
-trial whose key another live process holds is not computed again: the client waits for that owner's
-entry (and takes the trial over if the owner dies or gives it up without writing one). So every
-trial of a run is trained once, whichever notebooks ask for it.
+One owner per key (normlib.owners): a trial another process of this run is training is waited for,
+not trained again, so every trial of a run is trained once, whichever notebooks ask for it.
 
 Executors (normlib.executors): in this process, local processes, or a Dask cluster. Every trial
 runs with THREADS torch threads and its own random state (normlib.train.seeded_model), so its
@@ -26,13 +22,11 @@ the first trial goes to a pool, every worker's environment (normlib code, torch 
 backend, data fingerprint) is compared with this client's, and each trial checks it again on the
 worker that runs it: a mismatch stops the run with one line naming the worker and what differs.
 
-Progress: a bar in the notebook, and, when the pipeline runs the notebook (NORMLIB_PROGRESS names a
-file), a small status file it reads to show trials done / total, cached ones counted, per notebook.
+Progress (normlib.progress): a bar in the notebook and the status file the pipeline reads.
 """
 import functools
 import hashlib
 import json
-import math
 import os
 import socket
 import time
@@ -41,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from normlib import executors, kernels
+from normlib import executors, kernels, owners
+from normlib.progress import Progress
 from normlib.data import fingerprint
 from normlib.paths import results_dir, write_atomic
 from normlib.train import History, TrainConfig
@@ -242,69 +237,6 @@ def _device(t, executor_cuda):
     return ("cuda" if executor_cuda else "cpu") if t.config.device == "auto" else t.config.device
 
 
-WAIT_POLL = 0.5  # seconds between looks at a trial another process owns
-
-
-def _lock_path(folder, key):
-    return Path(folder) / f"{key}.lock"
-
-
-def claim(folder, key):
-    """Take the key for this process: create its lock file exclusively (host and pid inside). True when
-    taken (also when this process held it already, or when the previous owner is a process of this host
-    that no longer runs: a stale lock is replaced); False when another live process owns it."""
-    path = _lock_path(folder, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _owner(path)
-            if owner == me:
-                return True
-            if owner is not None and _alive(owner):
-                return False
-            path.unlink(missing_ok=True)  # stale: its owner is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return True
-    return False
-
-
-def release(folder, key):
-    """Give the key up (after writing its entry, or when this process stops without it)."""
-    path = _lock_path(folder, key)
-    if _owner(path) == {"host": socket.gethostname(), "pid": os.getpid()}:
-        path.unlink(missing_ok=True)
-
-
-def _owner(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None  # gone, or being written this instant (then its owner is alive: the next look sees it)
-
-
-def _alive(owner):
-    """Whether the lock's owner still runs: a process of this host that exists; an owner on another host
-    (a results folder shared between machines) is taken to be alive."""
-    if owner.get("host") != socket.gethostname():
-        return True
-    try:
-        pid = int(owner["pid"])
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, KeyError, TypeError):
-        return True
-    try:  # a process that has exited but not yet been reaped by its parent (a zombie) is gone too
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def run_trials(items, *, workers=0, scheduler=None, force=False, cache=None, progress=True):
     """Results for items (Trials, TrainConfigs or their dicts), in order: cached ones read back, the
     rest computed by executors.executor_for(workers, scheduler) and stored as they arrive. Identical
@@ -327,10 +259,10 @@ def run_trials(items, *, workers=0, scheduler=None, force=False, cache=None, pro
     since = time.time() if force else 0.0  # with force, only entries written during this call count
     try:
         while todo:
-            ours = [k for k in todo if claim(folder, k)]
+            ours = [k for k in todo if owners.claim(folder, k)]
             for k in ours:  # written by its previous owner between our first look and the claim
                 if _settle(k, todo, trials, folder, results, since) is not None:
-                    release(folder, k)
+                    owners.release(folder, k)
                     bar.shared(1)
             ours = [k for k in ours if k in todo]
             if ours:
@@ -339,7 +271,7 @@ def run_trials(items, *, workers=0, scheduler=None, force=False, cache=None, pro
                 _wait_for_others(todo, trials, folder, results, bar, since)
     finally:
         for k in todo:  # stopped early (an error, Ctrl-C): let another process take the trials over
-            release(folder, k)
+            owners.release(folder, k)
         bar.close()
     return results
 
@@ -369,11 +301,9 @@ def _wait_for_others(todo, trials, folder, results, bar, since=0.0):
         if settled:
             bar.shared(len(settled))
             return
-        for k in todo:
-            owner = _owner(_lock_path(folder, k))
-            if owner is None or not _alive(owner):
-                return
-        time.sleep(WAIT_POLL)
+        if any(owners.state(folder, k) in ("free", "stale") for k in todo):
+            return  # given up or its owner gone: the caller claims it
+        time.sleep(owners.WAIT_POLL)
 
 
 def _compute(keys, todo, trials, devices, executor, folder, results, bar):
@@ -391,7 +321,7 @@ def _compute(keys, todo, trials, devices, executor, folder, results, bar):
         result = _accept(out, t)
         write_atomic(folder / f"{key}.json", json.dumps({"key": key, "trial": jobs[j]["trial"],
                                                           "device": jobs[j]["device"], **out}))
-        release(folder, key)
+        owners.release(folder, key)
         indices = todo.pop(key)
         for i in indices:
             results[i] = result
@@ -404,16 +334,6 @@ def _accept(out, t):
     if hist.config != t.config.to_dict():
         raise executors.PoolError(f"worker {out['ran_on'].get('worker')} returned the result of another trial")
     return Result(hist, out["probe"], out["ran_on"])
-
-
-def expect(n):
-    """Announce n trials that later run_trials calls of this process will ask for (e.g. runs that depend
-    on earlier results), so that the pipeline's progress shows the whole total from the start."""
-    path = os.environ.get("NORMLIB_PROGRESS")
-    if path:
-        s = Progress.state(path)
-        s["expected"] += n
-        s["total"] += n
 
 
 def run_configs(configs, **kwargs):
@@ -435,79 +355,6 @@ def trial_kind(t):
     if t.config.max_steps:
         parts.append("tuning rung")
     return ", ".join(parts)
-
-
-class Progress:
-    """A tqdm bar in the notebook (stderr), and, when NORMLIB_PROGRESS names a file, a status file the
-    pipeline reads: trials total / cached (read from the cache, or asked twice in one call) / trained by
-    this notebook so far (their keys, and per kind their count and seconds) / shared (trained in this run by
-    another notebook, which owned the key), the hosts that trained them, and when it started. Counts
-    accumulate over every run_trials call of the process."""
-
-    _state = {}  # status file -> running totals of this process
-
-    def __init__(self, total, cached, show=True):
-        self.bar = None
-        if show and total > cached:
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, initial=cached, desc=f"{total} trials ({cached} cached)")
-        self.path = os.environ.get("NORMLIB_PROGRESS")
-        if self.path:
-            s = self.state(self.path)
-            taken = min(s["expected"], total)  # trials announced by expect() are in the total already
-            s["expected"] -= taken
-            s["total"] += total - taken
-            s["cached"] += cached
-            self.last = 0.0
-            self._write(force=True)
-
-    @classmethod
-    def state(cls, path):
-        return cls._state.setdefault(path, {"total": 0, "cached": 0, "trained": 0, "shared": 0, "hosts": {},
-                                            "train_seconds": 0.0, "kinds": {}, "keys": [], "started": time.time(),
-                                            "expected": 0})
-
-    def update(self, n, ran_on, key="", kind="trial"):
-        """One trial trained here (n: how many items of the call it answers; the copies beyond the first
-        count as reused)."""
-        if self.bar is not None:
-            self.bar.update(n)
-        if self.path:
-            s = self._state[self.path]
-            s["trained"] += 1
-            s["cached"] += n - 1
-            s["keys"].append(key)
-            host = ran_on.get("host", "?")
-            s["hosts"][host] = s["hosts"].get(host, 0) + 1
-            seconds = ran_on.get("seconds", 0.0)
-            seconds = seconds if math.isfinite(seconds) else 0.0
-            s["train_seconds"] += seconds
-            count, total = s["kinds"].get(kind, (0, 0.0))
-            s["kinds"][kind] = (count + 1, total + seconds)
-            self._write()
-
-    def shared(self, n):
-        """n trials another notebook of this run trained (this one waited for them)."""
-        if self.bar is not None:
-            self.bar.update(n)
-        if self.path:
-            self._state[self.path]["shared"] += n
-            self._write()
-
-    def _write(self, force=False):
-        now = time.time()
-        if force or now - self.last >= 1.0:
-            self.last = now
-            try:
-                write_atomic(self.path, json.dumps({**self._state[self.path], "updated": now}))
-            except OSError:
-                pass  # progress is a courtesy; a trial never fails for it
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        if self.path:
-            self._write(force=True)
 
 
 # ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from normlib import executors, paths, probes, trials
+from normlib import executors, owners, paths, probes, progress, trials
 from normlib.train import TrainConfig
 
 TINY = dict(train_size=256, val_size=100, hidden=(16,), batch_size=64, epochs=1, device="cpu")
@@ -244,7 +244,7 @@ def test_probed_trials_run_and_cache_like_plain_ones(tmp_path, count_training):
 def test_progress_file_counts_cached_and_trained_trials(tmp_path, monkeypatch, baseline):
     status = tmp_path / "progress" / "nb.json"
     monkeypatch.setenv("NORMLIB_PROGRESS", str(status))
-    monkeypatch.setattr(trials.Progress, "_state", {})
+    monkeypatch.setattr(progress.Progress, "_state", {})
     run(CONFIGS[:2], workers=1, cache=tmp_path / "cache")
     first = json.loads(status.read_text())
     assert (first["total"], first["cached"], first["trained"]) == (2, 0, 2)
@@ -362,16 +362,16 @@ def test_a_pool_with_a_gpu_gets_the_auto_trials_with_a_gpu_resource(tmp_path, mo
 # one owner per key: notebooks running at once never train a trial twice
 
 def test_a_key_has_one_owner_and_a_dead_owners_lock_is_taken_over(tmp_path):
-    assert trials.claim(tmp_path, "k") and trials.claim(tmp_path, "k")  # taken, and still ours
+    assert owners.claim(tmp_path, "k") and owners.claim(tmp_path, "k")  # taken, and still ours
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         (tmp_path / "b.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": sleeper.pid}))
-        assert not trials.claim(tmp_path, "b")  # a live process owns it
+        assert not owners.claim(tmp_path, "b")  # a live process owns it
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert trials.claim(tmp_path, "b")  # its owner is gone: stale, taken over
-    trials.release(tmp_path, "k")
+    assert owners.claim(tmp_path, "b")  # its owner is gone: stale, taken over
+    owners.release(tmp_path, "k")
     assert not (tmp_path / "k.lock").exists() and (tmp_path / "b.lock").exists()
 
 
@@ -385,7 +385,7 @@ def test_a_trial_another_live_process_owns_is_waited_for_not_trained(tmp_path, m
     count_training.clear()
     status = tmp_path / "progress.json"
     monkeypatch.setenv("NORMLIB_PROGRESS", str(status))
-    monkeypatch.setattr(trials.Progress, "_state", {})
+    monkeypatch.setattr(progress.Progress, "_state", {})
     cache = tmp_path / "cache"
     cache.mkdir()
     (entry,) = done.glob("*.json")
@@ -442,3 +442,13 @@ def test_two_processes_asking_for_the_same_trials_train_each_once(tmp_path):
     assert sum(s["shared"] for s in status) == len(grid)  # what one trained, the other read
     assert outs[0] == outs[1][::-1]
     assert not list((tmp_path / "cache").glob("*.lock"))
+
+
+def test_a_lock_file_being_written_is_not_taken_for_stale(tmp_path):
+    """Between its exclusive creation and its content, a lock reads empty: young, it is another's; old, stale."""
+    (tmp_path / "w.lock").write_text("")
+    assert owners.state(tmp_path, "w") == "theirs" and not owners.claim(tmp_path, "w")
+    old = time.time() - 60
+    os.utime(tmp_path / "w.lock", (old, old))
+    assert owners.state(tmp_path, "w") == "stale" and owners.claim(tmp_path, "w")
+    assert owners.state(tmp_path, "w") == "mine" and owners.state(tmp_path, "none") == "free"

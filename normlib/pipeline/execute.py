@@ -5,7 +5,7 @@ A notebook is executed again only when something it depends on changed (`stamp`)
 run every time says why in its metadata normlab.always_execute. `run_notebooks` executes the rest
 `jobs` at a time, each in its own process (papermill's cwd handling is not thread-safe), a notebook
 starting once those it reads from (metadata normlab.after) have finished; while they run, `Progress`
-reads the status file each notebook's trials write (normlib.trials.Progress) and shows per notebook
+reads the status file each notebook's trials write (normlib.progress.Progress) and shows per notebook
 the trials done / total (cached ones counted), the time elapsed and an estimate of the time left:
 rewritten in place on a terminal, as a line every NORMLIB_PROGRESS_EVERY seconds (default 30)
 otherwise (CI logs).
