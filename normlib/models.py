@@ -206,8 +206,8 @@ class Block(nn.Module):
 class ViT(nn.Module):
     """patches (N, 16, 49) -> embed (N, 16, D) + pos -> blocks -> final_norm -> mean over tokens -> out (N, 10).
     pos: the learned position embedding (16, D), drawn from N(0, 0.02^2); final_norm: the norm before pooling
-    of pre-LN (the identity in post-LN, whose blocks end in a norm). Modules: embed, pos, blocks.<i>.norm1,
-    .attn, .norm2, .mlp, final_norm, out."""
+    of pre-LN (the identity in post-LN, whose blocks end in a norm). Named for probes: embed, pos,
+    blocks.<i>.norm1 | .attn | .norm2 | .mlp, final_norm, out."""
 
     def __init__(self, width=64, depth=2, norm="layer", impl="custom", activation="gelu", norm_position="before",
                  eps=1e-5):
