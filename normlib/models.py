@@ -1,4 +1,4 @@
-"""The two networks of the study, built around one normalization slot per hidden block.
+"""The networks of the study, built around one normalization slot per hidden block.
 
 mlp: 784 -> hidden widths -> 10, each hidden block Linear -> norm -> activation
      (Ioffe & Szegedy 2015, sec. 4.1 use three sigmoid layers of 100 on MNIST).
@@ -12,7 +12,16 @@ VARIANTS names the networks a trial can train: the standard one of its config, a
 (batch norm and layer norm together in every block; a recurrent network reading an image row by row,
 with layer norm in the recurrence as Ba et al. 2016, sec. 3.1, or batch norm with statistics per time
 step as Cooijmans et al. 2016).
+vit: a small vision transformer (Dosovitskiy et al. 2021): the image as 16 patches of 7 x 7, a linear
+     embedding to width D = hidden[0] plus a learned position embedding, len(hidden) blocks of 4-head
+     self-attention and an MLP D -> 2D -> D, each in a residual branch, then the mean over the tokens and
+     Linear(D, 10). norm_position picks where the norms sit (Xiong et al. 2020, fig. 1): "before" = pre-LN,
+     x + attn(n1(x)), x + mlp(n2(x)) and a final norm before pooling; "after" = post-LN, the original
+     Transformer's n1(x + attn(x)), n2(x + mlp(x)). The norms act on every token: layer norm normalizes
+     each token over its D features, batch norm each feature over the batch and the tokens, with running
+     statistics in evaluation (Shen et al. 2020, sec. 3, the batch-norm baseline of PowerNorm).
 """
+import math
 from collections import OrderedDict
 
 import torch
@@ -22,7 +31,7 @@ from torch import nn
 from normlib import kernels, params
 from normlib.norms import NORMS, make_norm
 
-ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
 
 
 class MaxPool2(nn.Module):
@@ -85,6 +94,10 @@ def build_model(arch="mlp", norm="none", *, impl="custom", activation="relu", no
                         ("init_scale", init_scale), ("norm_eps", norm_eps), ("dropout", dropout), ("seed", seed)):
         params.check(name, value, where="build_model")  # the rules of normlib.params
 
+    if arch == "vit":
+        return vision_transformer(hidden, norm, impl=impl, activation=activation, norm_position=norm_position,
+                                  init_scale=init_scale, norm_eps=norm_eps, dropout=dropout)
+
     def block(i, kind, layer, shape):
         return _block(i, kind, layer, shape, norm, impl, activation, norm_position, init_scale, norm_eps,
                       dropout, seed)
@@ -111,6 +124,126 @@ def build_model(arch="mlp", norm="none", *, impl="custom", activation="relu", no
 def _init(layer, scale):
     layer.weight.normal_(0.0, scale)
     layer.bias.zero_()
+
+
+# ----------------------------------------------------------------------------
+# a vision transformer: Fashion-MNIST as 16 patches of 7 x 7 (Dosovitskiy et al. 2021, sec. 3.1)
+
+
+PATCH = 7  # patch side: 28 x 28 = 4 x 4 patches of 49 pixels
+TOKENS = (28 // PATCH) ** 2  # 16
+HEADS = 4
+TOKEN_NORMS = ("none", "batch", "layer")  # the norms of a token (weight and group norm: no vit)
+
+
+def patches(x):
+    """(N, 1, 28, 28) -> (N, 16, 49): the 7 x 7 patches in row-major order, each read row by row."""
+    n = len(x)
+    rows = x.reshape(n, 4, PATCH, 4, PATCH)  # (N, patch row, pixel row, patch column, pixel column)
+    return rows.transpose(2, 3).reshape(n, TOKENS, PATCH * PATCH)  # (N, T, 49)
+
+
+def over_tokens(norm, x):
+    """norm, a layer for (M, D), applied to every token of x (N, T, D) as one batch of N*T rows: layer norm
+    normalizes each token over its D features, batch norm each feature over the N*T tokens of the batch."""
+    n, t, d = x.shape
+    return norm(x.reshape(n * t, d)).reshape(n, t, d)  # (N*T, D) -> (N, T, D)
+
+
+class TokenNorm(nn.Module):
+    """A normlib norm (make_norm(kind, (D,), impl, eps): from scratch, or torch's built-in with impl="torch")
+    over the tokens of (N, T, D); none is the identity."""
+
+    def __init__(self, kind, width, impl="custom", eps=1e-5):
+        super().__init__()
+        self.norm = make_norm(kind, (width,), impl=impl, eps=eps)  # BatchNorm(D) | LayerNorm(D) | Identity
+
+    def forward(self, x):
+        return over_tokens(self.norm, x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention (Vaswani et al. 2017, sec. 3.2.2): q, k, v from one Linear(D, 3D),
+    softmax(q k^T / sqrt(D/H)) v in each of the H heads, the heads concatenated and projected by Linear(D, D)."""
+
+    def __init__(self, width, heads=HEADS):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x):
+        n, t, d = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads)  # (N, T, 3, H, D/H)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (N, H, T, D/H)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d // self.heads)  # (N, H, T, T)
+        y = scores.softmax(-1) @ v  # (N, H, T, D/H); as F.scaled_dot_product_attention, 1.5x faster here
+        return self.proj(y.transpose(1, 2).reshape(n, t, d))  # (N, T, D)
+
+
+class Block(nn.Module):
+    """One transformer block of width D: attention and an MLP D -> 2D -> D, each in a residual branch.
+    pre-LN (pre=True):   x = x + attn(norm1(x));  x = x + mlp(norm2(x))
+    post-LN (pre=False): x = norm1(x + attn(x));  x = norm2(x + mlp(x))"""
+
+    def __init__(self, width, norm, impl, activation, pre, eps):
+        super().__init__()
+        self.pre = pre
+        self.norm1 = TokenNorm(norm, width, impl, eps)
+        self.attn = SelfAttention(width)
+        self.norm2 = TokenNorm(norm, width, impl, eps)
+        self.mlp = nn.Sequential(OrderedDict(
+            [("fc1", nn.Linear(width, 2 * width)), ("act", activation()), ("fc2", nn.Linear(2 * width, width))]))
+
+    def forward(self, x):  # (N, T, D) -> (N, T, D)
+        if self.pre:
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.mlp(x))
+
+
+class ViT(nn.Module):
+    """patches (N, 16, 49) -> embed (N, 16, D) + pos -> blocks -> final_norm -> mean over tokens -> out (N, 10).
+    pos: the learned position embedding (16, D), drawn from N(0, 0.02^2); final_norm: the norm before pooling
+    of pre-LN (the identity in post-LN, whose blocks end in a norm). Named for probes: embed, pos,
+    blocks.<i>.norm1 | .attn | .norm2 | .mlp, final_norm, out."""
+
+    def __init__(self, width=64, depth=2, norm="layer", impl="custom", activation="gelu", norm_position="before",
+                 eps=1e-5):
+        super().__init__()
+        if norm not in TOKEN_NORMS:
+            raise ValueError(f"vit: norm = {norm!r}: allowed {', '.join(TOKEN_NORMS)}")
+        if width % HEADS:
+            raise ValueError(f"vit: hidden width = {width}: must be divisible by the {HEADS} heads")
+        pre = norm_position == "before"
+        self.embed = nn.Linear(PATCH * PATCH, width)  # (49 -> D)
+        self.pos = nn.Parameter(torch.randn(TOKENS, width) * 0.02)  # (T, D)
+        self.blocks = nn.ModuleList(Block(width, norm, impl, ACTIVATIONS[activation], pre, eps) for _ in range(depth))
+        self.final_norm = TokenNorm(norm, width, impl, eps) if pre else nn.Identity()
+        self.out = nn.Linear(width, 10)
+
+    def forward(self, x):
+        h = self.embed(patches(x)) + self.pos  # (N, T, D)
+        for block in self.blocks:
+            h = block(h)  # (N, T, D)
+        return self.out(self.final_norm(h).mean(1))  # (N, D) -> (N, 10)
+
+
+def vision_transformer(hidden, norm, *, impl, activation, norm_position, init_scale, norm_eps, dropout):
+    """The ViT of build_model: one block per entry of hidden, which must all be equal (the width D);
+    init_scale: every Linear's weight from N(0, init_scale^2), zero biases (the position embedding keeps
+    its N(0, 0.02^2)). No dropout."""
+    if len(set(hidden)) != 1:
+        raise ValueError(f"vit: hidden = {tuple(hidden)}: all widths must be equal (one block per entry)")
+    if dropout:
+        raise ValueError(f"vit: dropout = {dropout}: allowed 0 (the vit has no dropout)")
+    model = ViT(hidden[0], len(hidden), norm, impl, activation, norm_position, norm_eps)
+    if init_scale is not None:
+        for layer in model.modules():
+            if isinstance(layer, nn.Linear):
+                _init(layer, init_scale)
+    return model
 
 
 # ----------------------------------------------------------------------------

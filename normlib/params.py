@@ -15,11 +15,11 @@ import os
 import tempfile
 from pathlib import Path
 
-ARCHS = ("mlp", "cnn")
+ARCHS = ("mlp", "cnn", "vit")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
-ACTIVATIONS = ("relu", "sigmoid", "tanh")
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu")
 NORM_POSITIONS = ("before", "after")  # normalization before or after the activation
 FASHION_TRAIN = 60_000  # Fashion-MNIST training images (train + validation split)
 

@@ -1,6 +1,7 @@
 """Tests of normlib.models.build_model: layer layout (mlp 784 -> hidden -> 10, cnn two conv blocks
-then FC), activations, norm position, custom vs torch layers, weight norm, init_scale, parameter
-counts, and one-line ValueErrors naming the bad parameter."""
+then FC, the vision transformer's patches, blocks and norm placement), activations, norm position,
+custom vs torch layers, weight norm, init_scale, parameter counts, and one-line ValueErrors naming the
+bad parameter."""
 import pytest
 import torch
 from torch import nn
@@ -120,7 +121,8 @@ def test_custom_and_torch_compute_the_same_function_at_init(arch, norm):
     torch.testing.assert_close(custom(x), builtin(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("activation, cls", [("relu", nn.ReLU), ("sigmoid", nn.Sigmoid), ("tanh", nn.Tanh)])
+@pytest.mark.parametrize("activation, cls", [("relu", nn.ReLU), ("sigmoid", nn.Sigmoid), ("tanh", nn.Tanh),
+                                             ("gelu", nn.GELU)])
 def test_activation(activation, cls):
     for arch in ("mlp", "cnn"):
         model = build_model(arch, "batch", activation=activation, hidden=(16,))
@@ -165,7 +167,7 @@ def test_default_init_differs_from_init_scale():
     (dict(norm="instance"), "norm"),
     (dict(norm="batch", impl="cuda"), "impl"),
     (dict(norm="none", impl="fast"), "impl"),
-    (dict(activation="gelu"), "activation"),
+    (dict(activation="swish"), "activation"),
     (dict(norm_position="middle"), "norm_position"),
     (dict(init_scale=-0.1), "init_scale"),
     (dict(init_scale=0), "init_scale"),
@@ -313,3 +315,207 @@ def test_a_short_run_of_the_rnn_learns():
             assert not h.diverged and h.val_acc[-1] > 0.5, (norm, h.val_acc)
     finally:
         torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------
+# the vision transformer: patches, blocks, pre- and post-LN placement, norms over tokens
+
+VIT_NORMS = ["none", "batch", "layer"]
+
+
+def vit(norm="layer", position="before", **kwargs):
+    return build_model("vit", norm, norm_position=position, hidden=kwargs.pop("hidden", (16, 16)), **kwargs)
+
+
+@pytest.mark.parametrize("impl", ["custom", "torch"])
+@pytest.mark.parametrize("position", ["before", "after"])
+@pytest.mark.parametrize("norm", VIT_NORMS)
+def test_vit_output_shape_and_backward(norm, position, impl):
+    torch.manual_seed(0)
+    model = vit(norm, position, impl=impl, activation="gelu")
+    out = model(x_batch())
+    assert out.shape == (8, 10)
+    out.square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    model.eval()
+    assert model(x_batch(1)).shape == (1, 10)  # evaluation needs no batch (batch norm: running statistics)
+
+
+def test_vit_layout():
+    from normlib.models import ViT, TokenNorm
+    d = 32
+    model = vit("layer", hidden=(d, d, d))
+    assert isinstance(model, ViT) and len(model.blocks) == 3
+    assert model.pos.shape == (16, d) and abs(model.pos.std().item() - 0.02) < 0.004
+    linears = {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    assert linears == {"embed": (49, d), "out": (d, 10),
+                       **{f"blocks.{i}.{n}": s for i in range(3) for n, s in
+                          [("attn.qkv", (d, 3 * d)), ("attn.proj", (d, d)), ("mlp.fc1", (d, 2 * d)),
+                           ("mlp.fc2", (2 * d, d))]}}
+    norms = [n for n, m in model.named_modules() if isinstance(m, TokenNorm)]
+    assert norms == [f"blocks.{i}.norm{j}" for i in range(3) for j in (1, 2)] + ["final_norm"]
+    assert all(isinstance(m.norm, LayerNorm) and m.norm.normalized_shape == (d,)
+               for n, m in model.named_modules() if n in norms)
+    n_block = (d * 3 * d + 3 * d) + (d * d + d) + (d * 2 * d + 2 * d) + (2 * d * d + d) + 2 * 2 * d
+    assert n_params(model) == (49 * d + d) + 16 * d + 3 * n_block + 2 * d + (d * 10 + 10)
+    assert isinstance(vit("layer", "after").final_norm, nn.Identity)  # post-LN: no final norm
+    assert isinstance(vit("batch").blocks[0].norm1.norm, BatchNorm)
+    assert isinstance(vit("batch", impl="torch").blocks[0].norm1.norm, nn.BatchNorm1d)
+    assert isinstance(vit("layer", impl="torch").final_norm.norm, nn.LayerNorm)
+    assert isinstance(vit("none").blocks[0].norm1.norm, nn.Identity)
+
+
+def test_patches_are_the_7x7_tiles_in_row_major_order():
+    from normlib.models import patches
+    x = torch.arange(2 * 784.0).reshape(2, 1, 28, 28)
+    p = patches(x)
+    assert p.shape == (2, 16, 49)
+    for n, t, j in [(0, 0, 0), (0, 1, 0), (0, 4, 0), (1, 5, 10), (0, 15, 48), (1, 7, 23)]:
+        row, col = 7 * (t // 4) + j // 7, 7 * (t % 4) + j % 7
+        assert p[n, t, j] == x[n, 0, row, col], (n, t, j)
+
+
+def record_calls(model, names):
+    """Forward hooks on the named modules: a list of (name, input, output), in call order."""
+    calls, modules = [], dict(model.named_modules())
+    for name in names:
+        modules[name].register_forward_hook(lambda m, i, o, name=name: calls.append((name, i[0], o)))
+    return calls
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_vit_norm_placement(position):
+    """pre-LN: x + attn(norm1(x)), x + mlp(norm2(x)), a final norm; post-LN: norm1(x + attn(x)), norm2(x + mlp(x))."""
+    torch.manual_seed(0)
+    model = vit("layer", position, hidden=(16,))
+    names = ["blocks.0", "blocks.0.norm1", "blocks.0.attn", "blocks.0.norm2", "blocks.0.mlp", "final_norm", "out"]
+    calls = record_calls(model, names)
+    model(x_batch())
+    c = {name: (i, o) for name, i, o in calls}
+    x, y = c["blocks.0"]  # the block's input and output
+    if position == "before":
+        assert [n for n, *_ in calls] == names[1:5] + ["blocks.0", "final_norm", "out"]
+        assert torch.equal(c["blocks.0.norm1"][0], x) and torch.equal(c["blocks.0.attn"][0], c["blocks.0.norm1"][1])
+        h = x + c["blocks.0.attn"][1]
+        assert torch.equal(c["blocks.0.norm2"][0], h) and torch.equal(c["blocks.0.mlp"][0], c["blocks.0.norm2"][1])
+        assert torch.equal(y, h + c["blocks.0.mlp"][1])
+        assert torch.equal(c["final_norm"][0], y)
+    else:
+        assert [n for n, *_ in calls] == ["blocks.0.attn", "blocks.0.norm1", "blocks.0.mlp", "blocks.0.norm2",
+                                          "blocks.0", "final_norm", "out"]
+        assert torch.equal(c["blocks.0.attn"][0], x)
+        assert torch.equal(c["blocks.0.norm1"][0], x + c["blocks.0.attn"][1])
+        h = c["blocks.0.norm1"][1]
+        assert torch.equal(c["blocks.0.mlp"][0], h) and torch.equal(c["blocks.0.norm2"][0], h + c["blocks.0.mlp"][1])
+        assert torch.equal(y, c["blocks.0.norm2"][1]) and torch.equal(c["final_norm"][1], y)  # identity
+        # the block's output is normalized: every token has mean 0 and variance 1 over its features (gamma 1, beta 0)
+        var, mean = torch.var_mean(y, dim=-1, correction=0)
+        assert mean.abs().max() < 1e-5 and (var - 1).abs().max() < 1e-3
+
+
+def test_token_norms_normalize_what_they_say():
+    """Layer norm: each token over its D features; batch norm: each feature over the batch and the tokens,
+    with the running statistics in evaluation (an example's output then does not depend on the batch)."""
+    from normlib.models import TokenNorm
+    x = 3 * torch.randn(8, 16, 12, generator=torch.Generator().manual_seed(0)) + 5  # (N, T, D)
+    var, mean = torch.var_mean(TokenNorm("layer", 12)(x), dim=2, correction=0)  # (N, T)
+    assert mean.abs().max() < 1e-5 and (var - 1).abs().max() < 1e-3
+    bn = TokenNorm("batch", 12)
+    var, mean = torch.var_mean(bn(x), dim=(0, 1), correction=0)  # (D,)
+    assert mean.abs().max() < 1e-5 and (var - 1).abs().max() < 1e-3
+    assert torch.allclose(bn.norm.running_mean, 0.1 * x.mean((0, 1)))
+    bn.eval()
+    assert torch.equal(bn(x)[:1], bn(x[:1]))
+    assert torch.equal(TokenNorm("none", 12)(x), x)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(norm="weight"), r"vit: norm = 'weight': allowed none, batch, layer"),
+    (dict(norm="group"), r"vit: norm = 'group': allowed none, batch, layer"),
+    (dict(hidden=(64, 32)), r"vit: hidden = \(64, 32\): all widths must be equal \(one block per entry\)"),
+    (dict(hidden=(30, 30)), r"vit: hidden width = 30: must be divisible by the 4 heads"),
+    (dict(dropout=0.1), r"vit: dropout = 0.1: allowed 0 \(the vit has no dropout\)")])
+def test_vit_refusals_are_one_line(kwargs, message):
+    from normlib.models import from_config
+    from normlib.train import TrainConfig
+    kwargs = {"norm": "layer", "hidden": (64, 64), **kwargs}
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        build_model("vit", **kwargs)
+    config = TrainConfig(arch="vit", **kwargs)  # a valid config: the network refuses when it is built
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        from_config(config)
+
+
+def test_vit_init_scale():
+    torch.manual_seed(0)
+    model = vit("layer", hidden=(64, 64), init_scale=0.3)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            tol = 5 * 0.3 / m.weight.numel() ** 0.5
+            assert abs(m.weight.std().item() - 0.3) < tol and abs(m.weight.mean().item()) < tol, name
+            assert (m.bias == 0).all(), name
+    assert abs(model.pos.std().item() - 0.02) < 0.002  # the position embedding keeps its own init
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+@pytest.mark.parametrize("norm", VIT_NORMS)
+def test_vit_custom_and_torch_compute_the_same_function_at_init(norm, position):
+    models = {}
+    for impl in ("custom", "torch"):
+        torch.manual_seed(0)
+        models[impl] = vit(norm, position, impl=impl, hidden=(32, 32), activation="gelu").double()
+    x = x_batch(16).double()
+    for train in (True, False):  # batch statistics, then the running statistics of that batch
+        for m in models.values():
+            m.train(train)
+        torch.testing.assert_close(models["custom"](x), models["torch"](x), rtol=1e-10, atol=1e-12)
+
+
+def patch_data(n=512, seed=0):
+    """A task for a reader of patches: one patch, anywhere, carries the 7 x 7 pattern of the class."""
+    from normlib.data import Splits
+    from normlib.models import patches
+    g = torch.Generator().manual_seed(seed)
+    y, where = torch.randint(0, 10, (n,), generator=g), torch.randint(0, 16, (n,), generator=g)
+    templates = torch.randn(10, 49, generator=g)  # one pattern per class
+    tiles = patches(torch.randn(n, 1, 28, 28, generator=g) * 0.5)  # (N, 16, 49), a copy
+    tiles[torch.arange(n), where] += templates[y]
+    x = tiles.reshape(n, 4, 4, 7, 7).transpose(2, 3).reshape(n, 1, 28, 28)  # the patches put back
+    return Splits(x[:384], y[:384], x[384:448], y[384:448], x[448:], y[448:], 0.0, 1.0, "fake"), templates, where
+
+
+def vit_config(**kwargs):
+    from normlib.train import TrainConfig
+    return TrainConfig(**{"arch": "vit", "hidden": (16, 16), "activation": "gelu", "optimizer": "adam",
+                          "lr": 3e-3, "batch_size": 32, "epochs": 3, "val_size": 64, "device": "cpu", **kwargs})
+
+
+def test_patch_data_carries_the_class_pattern():
+    from normlib.models import patches
+    data, templates, where = patch_data(64)
+    tiles = patches(data.x_train)[torch.arange(64), where]  # (N, 49): the patch with the pattern
+    assert (tiles - templates[data.y_train]).std().item() == pytest.approx(0.5, abs=0.03)  # and noise of std 0.5
+
+
+@pytest.mark.parametrize("norm, position", [("none", "before"), ("layer", "before"), ("layer", "after"),
+                                            ("batch", "before"), ("batch", "after")])
+def test_a_short_run_of_the_vit_learns(norm, position):
+    from normlib.train import train
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as trials run (normlib.trials.THREADS)
+    try:
+        h = train(vit_config(norm=norm, norm_position=position, epochs=10), patch_data()[0])
+    finally:
+        torch.set_num_threads(threads)
+    assert not h.diverged
+    first, last = sum(h.step_loss[:5]) / 5, sum(h.step_loss[-5:]) / 5
+    assert last < 0.6 * first and h.val_acc[-1] > 0.5, (first, last, h.val_acc)
+
+
+def test_the_same_vit_config_gives_an_identical_history():
+    from normlib.train import train
+    config = vit_config(norm="batch", epochs=1)
+    a, b = (train(config, patch_data()[0]).to_dict() for _ in range(2))
+    a.pop("wall_time"), b.pop("wall_time")
+    assert a == b

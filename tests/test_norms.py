@@ -1,6 +1,6 @@
 """Tests of normlib.norms: the hand-written layers against torch's built-ins, finite differences
-and gradcheck (float64), running statistics, the invariances of Ba et al. 2016 Table 1,
-the factory, error messages and the weight-norm data-dependent init."""
+and gradcheck (float64), also on the vision transformer's tokens (N, T, D), running statistics, the
+invariances of Ba et al. 2016 Table 1, the factory, error messages and the weight-norm data-dependent init."""
 import copy
 
 import pytest
@@ -10,8 +10,9 @@ from torch import nn
 from torch.autograd.gradcheck import GradcheckError
 
 from normlib import check, kernels, trials
-from normlib.check import (CHECK_KINDS, compare_to_builtin, gradcheck, kernels_of, max_abs, numeric_gradient_errors,
-                           rel_error)
+from normlib.check import (CHECK_KINDS, TOKEN_KINDS, compare_to_builtin, gradcheck, kernels_of, max_abs,
+                           numeric_gradient_errors, rel_error)
+from normlib.models import TokenNorm
 from normlib.norms import NORMS, BatchNorm, GroupNorm, LayerNorm, group_count, make_norm, weight_norm
 from normlib.weight_norm import WeightNormConv2d, WeightNormFn, WeightNormLinear, data_dependent_init
 
@@ -25,8 +26,14 @@ MODULES = [kind for kind, norm in NORMS.items() if norm.make]  # the kinds that 
 # (this is why no 2-D shape has a batch of 2).
 SHAPES = [(16, 32), (5, 24), (2, 12, 5, 5), (6, 8, 3, 4), (3, 16, 4, 4)]
 SMALL_SHAPES = [(4, 24), (3, 4, 2, 3)]  # finite differences perturb one entry at a time
-CASES = [(kind, shape) for kind in CHECK_KINDS for shape in SHAPES]
-SMALL_CASES = [(kind, shape) for kind in CHECK_KINDS for shape in SMALL_SHAPES]
+# The vision transformer's tokens (N, T, D), for batch and layer norm: the op on x.reshape(N*T, D) against
+# F.layer_norm over D and F.batch_norm on x.transpose(1, 2) (normlib.check.TOKEN_BUILTINS).
+TOKEN_SHAPES = [(4, 16, 32), (8, 16, 64), (3, 5, 12)]
+SMALL_TOKEN_SHAPES = [(2, 4, 6)]
+CASES = ([(kind, shape) for kind in CHECK_KINDS for shape in SHAPES]
+         + [(kind, shape) for kind in TOKEN_KINDS for shape in TOKEN_SHAPES])
+SMALL_CASES = ([(kind, shape) for kind in CHECK_KINDS for shape in SMALL_SHAPES]
+               + [(kind, shape) for kind in TOKEN_KINDS for shape in SMALL_TOKEN_SHAPES])
 
 
 def randn(*shape, seed=0):
@@ -154,12 +161,15 @@ def test_kernels_refuse_bad_input(call, message):
 
 
 def test_notebook_tables_cover_the_registry():
-    """The implementation-check notebook's tables: a row group per kind of the registry, numbers to glue."""
-    worst, by_shape, numbers = check.builtin_comparison([(4, 24)], dtypes=("float64",))
+    """The implementation-check notebook's tables: a row group per kind of the registry, numbers to glue;
+    a token shape adds rows for batch and layer norm only."""
+    worst, by_shape, numbers = check.builtin_comparison([(4, 24), (2, 4, 6)], dtypes=("float64",))
     assert set(worst["layer"]) == {NORMS[k].label for k in CHECK_KINDS}
+    tokens = by_shape.loc[by_shape["shape"] == "(2, 4, 6)"]
+    assert set(tokens["layer"]) == {NORMS[k].label for k in TOKEN_KINDS} == {"batch norm", "layer norm"}
     assert numbers["max_rel_error_f64"] < 1e-10 and numbers["f64_agreement"].startswith("compute the same")
-    table, numbers = check.gradient_checks([(4, 24)])
-    assert len(table) == numbers["n_gradchecks"] == sum(len(kernels_of(k)) for k in CHECK_KINDS)
+    table, numbers = check.gradient_checks([(4, 24), (2, 4, 6)])
+    assert len(table) == numbers["n_gradchecks"] == sum(len(kernels_of(k)) for k in CHECK_KINDS + TOKEN_KINDS)
     assert numbers["gradcheck_all"] == "all passed" and numbers["max_numeric_rel_error"] < 1e-5
 
 
@@ -189,6 +199,46 @@ def test_batch_norm_running_stats_match_torch(shape, builtin, momentum, kernel):
     dy = randn(*shape, seed=10)
     assert rel_error(*(torch.autograd.grad(y, x, dy)[0] for y in (y_ours, y_theirs))) <= 1e-10
     assert ours.state_dict().keys() == theirs.state_dict().keys()
+
+
+@pytest.mark.parametrize("impl", ["custom", "torch"])
+@pytest.mark.parametrize("kind", TOKEN_KINDS)
+def test_token_norm_matches_torch_on_tokens(kind, impl, kernel):
+    """The vision transformer's norm module (TokenNorm, impl custom or torch's layers through the same wrapper) on
+    (N, T, D) against F.layer_norm(x, (D,)) and nn.BatchNorm1d on x.transpose(1, 2), float64: outputs and the
+    gradients of x, gamma and beta in training, batch norm's running statistics after five steps, and evaluation."""
+    n, t, d = 4, 16, 12
+    ours = TokenNorm(kind, d, impl=impl).double()
+    theirs = nn.BatchNorm1d(d).double() if kind == "batch" else None
+    gamma, beta = randn(d, seed=1).requires_grad_(), randn(d, seed=2).requires_grad_()
+    with torch.no_grad():
+        ours.norm.weight.copy_(gamma), ours.norm.bias.copy_(beta)
+        if theirs is not None:
+            theirs.weight.copy_(gamma), theirs.bias.copy_(beta)
+
+    def builtin(x):
+        if kind == "layer":
+            return F.layer_norm(x, (d,), gamma, beta, 1e-5)
+        return theirs(x.transpose(1, 2)).transpose(1, 2)  # (N, D, T): D channels over N and T
+    for step in range(5):
+        x = (5 * randn(n, t, d, seed=10 + step) + 12 + step).requires_grad_()
+        x2 = x.detach().clone().requires_grad_()
+        y_ours, y_theirs = ours(x), builtin(x2)
+        assert rel_error(y_ours, y_theirs) <= 1e-10
+        dy = randn(n, t, d, seed=20 + step)
+        grads_ours = torch.autograd.grad(y_ours, [x, ours.norm.weight, ours.norm.bias], dy)
+        grads_theirs = torch.autograd.grad(y_theirs, [x2] + ([gamma, beta] if theirs is None else
+                                                             [theirs.weight, theirs.bias]), dy)
+        for name, a, b in zip(("dx", "dgamma", "dbeta"), grads_ours, grads_theirs):
+            assert rel_error(a, b) <= 1e-10, (name, step)
+    if theirs is not None:
+        for name in ("running_mean", "running_var"):
+            assert rel_error(getattr(ours.norm, name), getattr(theirs, name)) <= 1e-12, name
+    ours.eval()
+    if theirs is not None:
+        theirs.eval()
+    x = 5 * randn(n, t, d, seed=9) + 12
+    assert rel_error(ours(x), builtin(x)) <= 1e-10
 
 
 @pytest.mark.parametrize("module, builtin, shape", [
@@ -361,7 +411,8 @@ def test_wrong_shape_names_expected_and_received(module, shape, message):
     (lambda: make_norm("batch", (4, 5)), r"shape = \(4, 5\): allowed \(C,\) or \(C, H, W\)"),
     (lambda: weight_norm(nn.Linear(2, 2), impl="cudnn"), r"impl = 'cudnn': allowed custom, torch"),
     (lambda: GroupNorm(3, 4), r"num_channels=4 is not divisible by num_groups=3"),
-    (lambda: compare_to_builtin("instance", (2, 3)), rf"kind = 'instance': allowed {', '.join(CHECK_KINDS)}$")])
+    (lambda: compare_to_builtin("instance", (2, 3)), rf"kind = 'instance': allowed {', '.join(CHECK_KINDS)}$"),
+    (lambda: compare_to_builtin("group", (2, 4, 6)), r"kind = 'group' at tokens \(2, 4, 6\): allowed batch, layer$")])
 def test_bad_arguments_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()

@@ -64,7 +64,7 @@ BAD_REQUESTS = [
     ("null learning rate where a number is needed", ["--set", "lr=null"],
      ["error: notebook study_", "parameter 'lr' = None: this notebook needs a value"]),
     ("unknown arch", ["--set", "archs=[mlp, resnet]"],
-     "error: --set: parameter 'archs' = ['mlp', 'resnet']: unknown arch 'resnet' (allowed: mlp, cnn)"),
+     "error: --set: parameter 'archs' = ['mlp', 'resnet']: unknown arch 'resnet' (allowed: mlp, cnn, vit)"),
     ("batch size 0", ["--set", "batch_size=0"], "error: --set: parameter 'batch_size' = 0: must be a positive integer"),
     ("batch sizes with 0", ["--set", "batch_sizes=[0, 128]"],
      "error: --set: parameter 'batch_sizes' = [0, 128]: must be a non-empty list of distinct positive integers"),

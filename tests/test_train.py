@@ -56,7 +56,7 @@ def test_unknown_keys_rejected():
 
 
 @pytest.mark.parametrize("field, value", [
-    ("arch", "resnet"), ("norm", "instance"), ("impl", "cudnn"), ("activation", "gelu"),
+    ("arch", "resnet"), ("norm", "instance"), ("impl", "cudnn"), ("activation", "swish"),
     ("norm_position", "middle"), ("optimizer", "rmsprop"), ("schedule", "step"), ("device", "tpu"),
     ("lr", 0), ("lr", -0.1), ("lr", math.nan), ("lr", math.inf), ("lr", "0.1"),
     ("momentum", 1.0), ("momentum", -0.1), ("weight_decay", -1e-4), ("weight_decay", math.nan),
