@@ -4,6 +4,10 @@
 - tost: equivalence of two means within a margin, two one-sided Welch tests (Schuirmann 1987).
 - spread_test: equal spread of two samples, the Brown-Forsythe test (Levene's test about the median).
 - km_restricted_mean: the restricted mean time to an event, the area under the Kaplan-Meier curve.
+- what a test can detect (power 80%, Cohen 1988): welch_se / mean_se (the standard error and degrees of
+  freedom behind a Welch or one-sample t-test), detectable (the smallest true difference a t-test of that
+  standard error detects, or the smallest equivalence margin TOST establishes), detectable_share (the
+  smallest rise of a share of successes a one-sided Fisher test detects, by exact enumeration).
 
 Means with their Student-t intervals and Welch's test are in normlib.metrics (mean_ci, welch,
 welch_ci, format_ci).
@@ -14,6 +18,7 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05  # every test of the report decides at this level
+POWER = 0.8   # what a test "can detect": a true effect it finds with this probability
 
 
 def finite(values):
@@ -79,3 +84,56 @@ def spread_test(a, b):
         return {"sd_a": math.nan, "sd_b": math.nan, "p": math.nan}
     p = stats.levene(a, b, center="median").pvalue if np.ptp(np.concatenate([a, b])) > 0 else math.nan
     return {"sd_a": float(a.std(ddof=1)), "sd_b": float(b.std(ddof=1)), "p": float(p)}
+
+
+# ----------------------------------------------------------------------------
+# what a test can detect
+
+
+def welch_se(a, b):
+    """(standard error of mean(a) - mean(b), Welch-Satterthwaite degrees of freedom); NaNs with fewer than
+    two finite values a side; (0, inf) when neither sample spreads."""
+    a, b = finite(a), finite(b)
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return 0.0, math.inf
+    return math.sqrt(va + vb), (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+
+
+def mean_se(x):
+    """(standard error of the mean of x, n - 1): a one-sample or paired t-test."""
+    x = finite(x)
+    if len(x) < 2:
+        return math.nan, math.nan
+    return float(x.std(ddof=1) / math.sqrt(len(x))), len(x) - 1.0
+
+
+def detectable(se, df, alpha=ALPHA, power=POWER, kind="two-sided"):
+    """The smallest true effect a t-test with this standard error and df finds with the given power at level
+    alpha (the normal approximation to the noncentral t, with t quantiles): (t_{1-alpha/2} + t_power) x se
+    for a two-sided test, (t_{1-alpha} + t_power) x se one-sided (non-inferiority), and for "equivalence" the
+    smallest margin TOST establishes with that power when the true difference is 0, (t_{1-alpha} +
+    t_{(1+power)/2}) x se. NaN when se is."""
+    if not (np.isfinite(se) and se >= 0):
+        return math.nan
+    first = {"two-sided": 1 - alpha / 2, "one-sided": 1 - alpha, "equivalence": 1 - alpha}[kind]
+    second = (1 + power) / 2 if kind == "equivalence" else power
+    return float((stats.t.ppf(first, df) + stats.t.ppf(second, df)) * se)
+
+
+def detectable_share(n_a, n_b, p_b, alpha=ALPHA, power=POWER, step=0.01):
+    """The smallest rise of the share of successes over p_b (the other group's observed share) that a
+    one-sided Fisher exact test of n_a against n_b runs detects with the given power, by exact enumeration
+    of both binomial outcomes; NaN when even a share of 1 is not detected that often."""
+    if not (n_a and n_b):
+        return math.nan
+    xa, xb = np.arange(n_a + 1), np.arange(n_b + 1)
+    reject = np.array([[stats.fisher_exact([[i, n_a - i], [j, n_b - j]], alternative="greater").pvalue < alpha
+                        for j in xb] for i in xa])
+    prob_b = stats.binom.pmf(xb, n_b, p_b)
+    for p_a in np.arange(p_b + step, 1 + 1e-9, step):
+        if stats.binom.pmf(xa, n_a, min(p_a, 1.0)) @ reject @ prob_b >= power:
+            return float(min(p_a, 1.0) - p_b)
+    return math.nan

@@ -47,3 +47,32 @@ def test_spread_test_responds_to_spread_not_to_the_mean():
     assert r["p"] == pytest.approx(stats.levene(tight, wide, center="median").pvalue)
     assert spread_test(tight, wide + 1.0)["p"] == pytest.approx(r["p"])
     assert spread_test(tight, tight + 0.1)["p"] > 0.9
+
+
+def test_detectable_is_the_effect_found_with_80_percent_power():
+    """Simulated: a true difference equal to what stats.detectable states, at the spread it was computed
+    from, is found by Welch's test about 80% of the time; half of it far less often."""
+    from scipy import stats as sp
+
+    from normlib import stats
+    rng = np.random.default_rng(0)
+    n, sd, alpha = 8, 1.0, 0.05
+    se = sd * (2 / n) ** 0.5
+    d = stats.detectable(se, 2 * n - 2, alpha)
+
+    def power(diff):
+        hits = [sp.ttest_ind(rng.normal(diff, sd, n), rng.normal(0, sd, n), equal_var=False).pvalue < alpha
+                for _ in range(3000)]
+        return np.mean(hits)
+    assert power(d) == pytest.approx(0.8, abs=0.04)
+    assert power(d / 2) < 0.4
+    assert stats.detectable(se, 14, alpha / 6) > d  # a stricter level (Holm over 6) needs a larger effect
+    assert stats.detectable(se, 14, alpha, kind="equivalence") > stats.detectable(se, 14, alpha, kind="one-sided")
+
+
+def test_detectable_share_by_exact_enumeration():
+    from normlib import stats
+    rise = stats.detectable_share(5, 5, 0.0)  # five runs a side, the control never trains
+    assert 0.5 < rise < 1.0
+    assert stats.detectable_share(10, 10, 0.0) < rise  # more runs detect a smaller rise
+    assert math.isnan(stats.detectable_share(2, 2, 0.0))  # two runs a side can never reach p < 0.05

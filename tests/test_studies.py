@@ -90,8 +90,25 @@ def test_paired_test_reads_the_differences_of_the_same_runs():
 def test_family_table_and_glue_keys():
     f = common.family([common.difference("k", "question", spread_around(0.5), spread_around(0.3))])
     t = common.family_table(f)
-    assert list(t.columns) == ["question", "test", "estimate [interval]", "n", "p", "Holm p", "verdict"]
-    assert t.iloc[0]["n"] == "5 vs 5"
+    assert list(t.columns) == ["question", "test", "estimate [interval]", "n", "p", "Holm p", "detectable (80% power)",
+                               "verdict"]
+    assert t.iloc[0]["n"] == "5 vs 5" and t.iloc[0]["detectable (80% power)"].endswith(" points")
+
+
+def test_every_row_states_what_its_test_detects_at_the_familys_level():
+    """The smallest detectable effect shrinks with the spread, grows with the family (Holm's alpha / m), and
+    an equivalence states the smallest margin it could establish."""
+    tight, loose = spread_around(0.5, width=0.01), spread_around(0.5, width=0.05)
+    one = common.family([common.difference("a", "q", tight, spread_around(0.3, width=0.01))])
+    wide = common.family([common.difference("a", "q", loose, spread_around(0.3, width=0.05))])
+    many = common.family([common.difference(f"a{i}", "q", tight, spread_around(0.3, width=0.01)) for i in range(6)])
+    assert 0 < one["detectable"].iloc[0] < wide["detectable"].iloc[0]
+    assert many["detectable"].iloc[0] > one["detectable"].iloc[0]
+    eq = common.family([common.equivalence("e", "q", tight, spread_around(0.5, width=0.01), margin=0.03)])
+    assert common.family_table(eq).iloc[0]["detectable (80% power)"].startswith("±")
+    share = common.family([common.shares("s", "q", [True] * 5, [False] * 5)])
+    assert 0 < share["detectable"].iloc[0] <= 1 and share["verdict"].iloc[0] == "supported"
+    assert "detect true effects of at least" in common.detectable_sentence(many)
 
 
 def test_the_effect_size_rule_needs_spread_on_both_sides():

@@ -18,7 +18,7 @@ from normlib import study_figures
 from normlib.figures import norm_label
 from normlib.metrics import CHANCE_ACC, completed_curve, mean_ci
 from normlib.report import glue_figure, glue_values
-from normlib.stats import finite
+from normlib.stats import finite, mean_se
 from normlib.studies import batch_size, common
 from normlib.studies.common import (NORMS, claim_words, difference, final_error, glue_family, level_text,
                                     margin_text, noninferior, runs_text, seed_count, spread)
@@ -81,7 +81,7 @@ def position_rows(table, factor):
                      f"across layers above a factor {factor:g} (a gradient issue)", "test": "one-sample t-test (log10)",
                      "kind": "difference", "estimate": est - lf, "lo": lo - lf, "hi": hi - lf, "p": p,
                      "n": f"{len(x)} runs", "n_min": len(x), "predicted": 1, "unit": "plain", "margin": math.nan,
-                     "hedges_g": math.nan, "names": ("", "")})
+                     "hedges_g": math.nan, "names": ("", ""), **common.power_fields("two-sided", *mean_se(x))})
         rows.append(difference(f"claim_position_{norm}_{act}_vs_after", f"{norm_label(norm)} with {act}: larger gradient "
                                "spread (log10) before the activation than after it", b, a, predicted=1, unit="plain"))
     return rows

@@ -2,7 +2,9 @@
 itself, the wording of verdicts, and the small helpers every page function calls.
 
 Verdicts. Each page declares its family of verdicts (`family`): every row a question with the test that
-answers it, Holm's adjustment over the family (Holm 1979), and a verdict worded no stronger than the test:
+answers it, Holm's adjustment over the family (Holm 1979), the smallest effect its test detects at these
+seeds (80% power at the level Holm's first step uses, alpha / m, from the observed spread; for an
+equivalence, the smallest margin it could establish), and a verdict worded no stronger than the test:
 a difference is "supported" / "contradicted" only with a Holm-adjusted p < 0.05 in the direction the claim
 predicts / the opposite one, else "not established"; an equivalence ("flat", "no more than") needs two
 one-sided tests within a stated margin (TOST, Schuirmann 1987), else "not established". The effect size
@@ -18,7 +20,8 @@ from scipy import stats
 from normlib import metrics, verdicts
 from normlib.metrics import CHANCE_ACC, completed_curve, mean_ci
 from normlib.report import glue_values
-from normlib.stats import ALPHA, finite, holm, spread_test, tost
+from normlib.stats import (ALPHA, POWER, detectable, detectable_share, finite, holm, mean_se, spread_test, tost,
+                           welch_se)
 from normlib.train import TrainConfig
 
 NORMS = ("none", "batch", "layer")  # the conditions of every study
@@ -95,10 +98,11 @@ def difference(key, question, a, b, *, predicted=1, unit="points", names=("first
     """mean(a) - mean(b) with its Welch 95% interval and p, and its effect size (standardized_effect);
     predicted: the sign the claim predicts (+1 or -1)."""
     c = standardized_effect(a, b)
+    se, df = welch_se(a, b)
     return {"key": key, "question": question, "test": "Welch t-test", "kind": "difference", "estimate": c["diff"],
             "lo": c["diff_lo"], "hi": c["diff_hi"], "p": c["p"], "n": f"{c['n_first']} vs {c['n_second']}",
             "n_min": min(c["n_first"], c["n_second"]), "predicted": predicted, "unit": unit, "margin": math.nan,
-            "hedges_g": c["hedges_g"], "names": names}
+            "hedges_g": c["hedges_g"], "names": names, **power_fields("two-sided", se, df)}
 
 
 def equivalence(key, question, a, b, margin, *, unit="points", names=("first", "second")):
@@ -108,7 +112,7 @@ def equivalence(key, question, a, b, margin, *, unit="points", names=("first", "
     return {"key": key, "question": question, "test": f"TOST, margin ±{margin_text(margin, unit)}",
             "kind": "equivalence", "estimate": t["diff"], "lo": t["lo"], "hi": t["hi"], "p": t["p"],
             "n": f"{na} vs {nb}", "n_min": min(na, nb), "predicted": 0, "unit": unit, "margin": margin,
-            "hedges_g": math.nan, "names": names}
+            "hedges_g": math.nan, "names": names, **power_fields("equivalence", *welch_se(a, b))}
 
 
 def noninferior(key, question, a, b, margin, *, unit="points", lower_is_better=True, names=("first", "second")):
@@ -119,7 +123,7 @@ def noninferior(key, question, a, b, margin, *, unit="points", lower_is_better=T
             "kind": "noninferior", "estimate": t["diff"], "lo": t["lo"], "hi": t["hi"],
             "p": t["p_upper"] if lower_is_better else t["p_lower"], "n": f"{na} vs {nb}", "n_min": min(na, nb),
             "predicted": -1 if lower_is_better else 1, "unit": unit, "margin": margin, "hedges_g": math.nan,
-            "names": names}
+            "names": names, **power_fields("one-sided", *welch_se(a, b))}
 
 
 def paired(key, question, a, b, *, predicted=1, unit="points"):
@@ -130,7 +134,7 @@ def paired(key, question, a, b, *, predicted=1, unit="points"):
     p = float(stats.ttest_1samp(d, 0.0).pvalue) if len(d) > 1 and np.ptp(d) > 0 else math.nan
     return {"key": key, "question": question, "test": "paired t-test", "kind": "difference", "estimate": est,
             "lo": lo, "hi": hi, "p": p, "n": f"{len(d)} runs", "n_min": len(d), "predicted": predicted,
-            "unit": unit, "margin": math.nan, "hedges_g": math.nan, "names": ("", "")}
+            "unit": unit, "margin": math.nan, "hedges_g": math.nan, "names": ("", ""), **power_fields("two-sided", *mean_se(d))}
 
 
 def spread(key, question, a, b, *, predicted=1, unit="points"):
@@ -140,7 +144,28 @@ def spread(key, question, a, b, *, predicted=1, unit="points"):
     return {"key": key, "question": question, "test": "Brown-Forsythe", "kind": "difference",
             "estimate": s["sd_a"] - s["sd_b"], "lo": math.nan, "hi": math.nan, "p": s["p"], "n": f"{na} vs {nb}",
             "n_min": min(na, nb), "predicted": predicted, "unit": unit, "margin": math.nan, "hedges_g": math.nan,
-            "names": ("", "")}
+            "names": ("", ""), **power_fields("none", math.nan, math.nan)}
+
+
+def shares(key, question, a, b, *, predicted=1):
+    """The share of successes (booleans, e.g. runs that train) in a against b: Fisher's exact test, one-sided
+    in the predicted direction (+1: a higher), declared before the runs; the estimate is the difference of
+    shares, in points."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    table = [[int(a.sum()), len(a) - int(a.sum())], [int(b.sum()), len(b) - int(b.sum())]]
+    p = (stats.fisher_exact(table, alternative="greater" if predicted > 0 else "less").pvalue
+         if len(a) and len(b) else math.nan)
+    est = a.mean() - b.mean() if len(a) and len(b) else math.nan
+    return {"key": key, "question": question, "test": "Fisher's exact test, one-sided", "kind": "difference",
+            "estimate": float(est), "lo": math.nan, "hi": math.nan, "p": float(p), "n": f"{len(a)} vs {len(b)} runs",
+            "n_min": min(len(a), len(b)), "predicted": predicted, "unit": "points", "margin": math.nan,
+            "hedges_g": math.nan, "names": ("", ""), "power_kind": "shares", "se": math.nan, "df": math.nan,
+            "shares": (len(a), len(b), float(b.mean()) if len(b) else math.nan)}
+
+
+def power_fields(kind, se, df):
+    """What family() needs to state the smallest effect the row's test detects (stats.detectable)."""
+    return {"power_kind": kind, "se": se, "df": df, "shares": None}
 
 
 def per_seed_differences(table, measure, norm, other, where):
@@ -165,6 +190,7 @@ def family(rows, alpha=ALPHA):
     if t.empty:
         return t
     t["p_holm"] = holm(t["p"])
+    t["detectable"] = [_detectable(r, alpha / len(t)) for r in t.itertuples()]
     words, texts = [], []
     for r in t.itertuples():
         est = estimate_text(r.estimate, r.lo, r.hi, r.unit)
@@ -185,21 +211,52 @@ def family(rows, alpha=ALPHA):
     return t
 
 
+def _detectable(r, alpha):
+    """The smallest effect the row's test detects with POWER at level alpha (NaN for a test of spreads)."""
+    if r.power_kind == "none":
+        return math.nan
+    if r.power_kind == "shares":
+        return detectable_share(*r.shares, alpha=alpha)
+    return detectable(r.se, r.df, alpha, kind=r.power_kind)
+
+
+def detectable_text(value, unit, kind="two-sided"):
+    """'12.3 points' (a difference), '±12.3 points' (an equivalence margin), or 'n/a'."""
+    if not np.isfinite(value):
+        return "n/a"
+    f, suffix, _ = FORMATS[unit]
+    return ("±" if kind == "equivalence" else "") + f(value).lstrip("+") + suffix
+
+
 def family_table(fam):
-    """A family for the reader: question, test, estimate [95% CI, or 90% for TOST], n, p, Holm p, verdict."""
+    """A family for the reader: question, test, estimate [95% CI, or 90% for TOST], n, p, Holm p, the
+    smallest effect its test detects at these seeds, verdict."""
     return pd.DataFrame([{"question": r.question, "test": r.test,
                           "estimate [interval]": estimate_text(r.estimate, r.lo, r.hi, r.unit), "n": r.n,
                           "p": p_text(r.p).replace("= ", ""), "Holm p": p_text(r.p_holm).replace("= ", ""),
+                          f"detectable ({POWER:.0%} power)": detectable_text(r.detectable, r.unit, r.power_kind),
                           "verdict": r.verdict} for r in fam.itertuples()])
 
 
+def detectable_sentence(fam):
+    """One line for the page: what its tests can detect at these seeds (the family table has each)."""
+    rows = [r for r in fam.itertuples() if np.isfinite(r.detectable)]
+    if not rows:
+        return "no test of this page has a stated power (tests of spread only)"
+    parts = [f"{r.question}: {detectable_text(r.detectable, r.unit, r.power_kind)}" for r in rows]
+    return (f"with {POWER:.0%} power at the level Holm's first step uses ({ALPHA:g} / {len(fam)}), from the spread "
+            f"observed across seeds, these tests detect true effects of at least: " + "; ".join(parts))
+
+
 def glue_family(fam, prefix=""):
-    """Glue each row: {key} the verdict sentence, {key}_verdict the word, {key}_estimate the estimate;
-    and n_verdicts, n_supported."""
+    """Glue each row: {key} the verdict sentence, {key}_verdict the word, {key}_estimate the estimate,
+    {key}_detectable the smallest effect its test detects; and n_verdicts, n_supported, detectable_text."""
     for r in fam.itertuples():
         glue_values({f"{prefix}{r.key}": r.text, f"{prefix}{r.key}_verdict": r.verdict,
-                     f"{prefix}{r.key}_estimate": estimate_text(r.estimate, r.lo, r.hi, r.unit)})
-    glue_values({f"{prefix}n_verdicts": len(fam), f"{prefix}n_supported": int((fam["verdict"] == "supported").sum())})
+                     f"{prefix}{r.key}_estimate": estimate_text(r.estimate, r.lo, r.hi, r.unit),
+                     f"{prefix}{r.key}_detectable": detectable_text(r.detectable, r.unit, r.power_kind)})
+    glue_values({f"{prefix}n_verdicts": len(fam), f"{prefix}n_supported": int((fam["verdict"] == "supported").sum()),
+                 f"{prefix}detectable_text": detectable_sentence(fam)})
 
 
 def outcome(supporting, contradicting, yes="supported for", no="contradicted for"):

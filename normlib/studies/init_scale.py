@@ -18,7 +18,7 @@ from normlib import study_figures
 from normlib.figures import norm_label
 from normlib.metrics import CHANCE_ACC, completed_curve, mean_ci
 from normlib.report import glue_figure, glue_values
-from normlib.stats import finite
+from normlib.stats import finite, mean_se
 from normlib.studies import common
 from normlib.studies.common import (NORMS, difference, glue_family, level_text, list_text, margin_text, points, runs_text,
                                     seed_count)
@@ -86,7 +86,8 @@ def family(table, threshold, default_eps, margin=0.0):
                      f"below {threshold:.0%} - {margin_text(margin)})", "test": "one-sample t-test, indifference zone",
                      "kind": "difference", "estimate": est - threshold, "lo": lo - threshold, "hi": hi - threshold,
                      "p": zone_p(x, threshold, margin), "n": f"{len(x)} runs", "n_min": len(x), "predicted": 1,
-                     "unit": "points", "margin": margin, "hedges_g": math.nan, "names": ("", "")})
+                     "unit": "points", "margin": margin, "hedges_g": math.nan, "names": ("", ""),
+                     **common.power_fields("two-sided", *mean_se(x))})
     eps_rows = []
     for (norm, scale, eps), g in table[table["eps"] != default_eps].groupby(["norm", "init_scale", "eps"]):
         ref = main[(main["norm"] == norm) & (main["init_scale"] == scale)]["best_val_acc"]

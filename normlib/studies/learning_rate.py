@@ -10,7 +10,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from normlib import study_figures
 from normlib.figures import norm_label
@@ -86,14 +85,9 @@ def family(table, extra_lrs):
     ext = table[table["lr"].isin(extra_lrs)]
     rows = []
     for norm in ("batch", "layer"):
-        a, b = ext[ext["norm"] == norm]["trains"], ext[ext["norm"] == "none"]["trains"]
-        p = stats.fisher_exact([[int(a.sum()), len(a) - int(a.sum())], [int(b.sum()), len(b) - int(b.sum())]],
-                               alternative="greater").pvalue if len(a) and len(b) else math.nan
-        rows.append({"key": f"lr_higher_{norm}", "question": f"at the rates above the main grid, {norm_label(norm)} "
-                     "trains in more runs than no normalization", "test": "Fisher's exact test, one-sided", "kind": "difference",
-                     "estimate": a.mean() - b.mean() if len(a) and len(b) else math.nan, "lo": math.nan,
-                     "hi": math.nan, "p": float(p), "n": f"{len(a)} vs {len(b)} runs", "n_min": min(len(a), len(b)),
-                     "predicted": 1, "unit": "points", "margin": math.nan, "hedges_g": math.nan, "names": ("", "")})
+        rows.append(common.shares(f"lr_higher_{norm}", f"at the rates above the main grid, {norm_label(norm)} trains in "
+                                  "more runs than no normalization", ext[ext["norm"] == norm]["trains"],
+                                  ext[ext["norm"] == "none"]["trains"]))
     return common.family(rows)
 
 
