@@ -14,8 +14,9 @@ What is measured (one run, side by side, ratios printed with the machine they we
 2. each from-scratch layer (normlib.norms), forward plus backward in train mode, against its torch
    built-in at MLP shapes (128, 256) and CNN shapes (128, 32, 28, 28); layer norm on conv maps also
    against nn.GroupNorm(1, C), torch's per-example alternative;
-3. CNN training throughput in GFLOP/s (matmul and conv FLOPs of forward plus backward, counted by
-   torch.utils.flop_counter) as a fraction of an fp32 matrix-multiply peak measured in the same run;
+3. the training throughput of the MLP and the CNN at the default profile's widths in GFLOP/s (matmul and
+   conv FLOPs of forward plus backward, counted by torch.utils.flop_counter) as a fraction of an fp32
+   matrix-multiply peak measured in the same run;
 4. a grid of small trials through normlib.trials.run_trials on a pool of two worker processes
    against a pool of one (Dask LocalClusters, started and warm, as the pipeline's pool), from an
    empty cache;
@@ -38,18 +39,24 @@ noise about the neighbours, not about the code. Set-up and evaluation are outsid
 steps for every loop alike; normlib's per-step loss and gradient-norm recording is inside.
 This is a measurement, not a test: the exit status is 0 whether or not a target holds.
 
+6. the levers that pay for the default profile's budget: fewer validation evaluations per epoch, successive
+   halving against the full grid, one owner per trial key against two notebooks training the same trials,
+   and where a training step spends its time (levers.py).
+
 One file per measurement, each read top to bottom: timing.py (the machine, the shared settings, lockstep,
 alternate, result and the printed line), training.py (1), layers.py (2), peak.py (3), grid.py (4),
-profiles.py (5). This file runs them in one process, in that order, and writes the JSON.
+profiles.py (5), levers.py (6). This file runs them in one process and writes the JSON.
 """
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-import torch
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # torch.profiler (levers.step_profile) quiet on stderr
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing normlib
@@ -64,6 +71,7 @@ from training import bench_training  # noqa: E402
 from layers import bench_layers, builtin_layer_norm_vs_groupnorm, python_floor  # noqa: E402
 from peak import bench_peak, train_flops_per_example  # noqa: E402
 from grid import bench_grid  # noqa: E402
+from levers import bench_evaluations, bench_halving, bench_owners, step_profile  # noqa: E402
 from profiles import bench_profiles, profile_line  # noqa: E402
 
 
@@ -107,13 +115,13 @@ def main(argv=None):
 
     started = time.perf_counter()
     try:
-        data = load_fashion_mnist()
+        full = load_fashion_mnist()
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # the trainer evaluates after its last step, outside the timed steps: small held-out sets save time
-    data = dataclasses.replace(data, x_val=data.x_val[:1000], y_val=data.y_val[:1000],
-                               x_test=data.x_test[:1000], y_test=data.y_test[:1000])
+    data = dataclasses.replace(full, x_val=full.x_val[:1000], y_val=full.y_val[:1000],
+                               x_test=full.x_test[:1000], y_test=full.y_test[:1000])
     results = {}
     matmuls_ceiling, training = bench_training(data, device, steps, warm, repeats)
     for name, r in training.items():
@@ -121,7 +129,11 @@ def main(argv=None):
         print(line(name, r), flush=True)
     for section in (lambda: bench_layers(device, calls),
                     lambda: bench_peak(data, device, steps // 3 + warm // 2, warm // 2, repeats),
-                    lambda: bench_grid(4 if args.quick else 16, 1 if args.quick else 3, 2000 if args.quick else 20000)):
+                    lambda: bench_grid(4 if args.quick else 16, 1 if args.quick else 3, 2000 if args.quick else 20000),
+                    # the levers that pay for the default profile's budget (levers.py)
+                    lambda: bench_evaluations(full, device, 40 if args.quick else 430, 2 if args.quick else 4),
+                    bench_halving,
+                    lambda: bench_owners(4 if args.quick else 8, 2000 if args.quick else 20000)):
         for name, r in section().items():
             results[name] = r
             print(line(name, r), flush=True)
@@ -132,6 +144,11 @@ def main(argv=None):
     context = {"builtin_layer_norm_over_groupnorm": builtin_layer_norm_vs_groupnorm(device, calls)}
     print(f"context: torch's own nn.LayerNorm takes {context['builtin_layer_norm_over_groupnorm']:.2f} times as long as "
           f"nn.GroupNorm(1, {CNN_SHAPE[1]}) at {CNN_SHAPE}, forward + backward", flush=True)
+    context["step_in_matmuls"] = step_profile(data, device)
+    print("context: where a training step spends its time at the default widths: "
+          + ", ".join(f"{arch.upper()} {share:.0%}" for arch, share in context["step_in_matmuls"].items())
+          + " of it in matrix products and convolutions (MKL, oneDNN); batching several seeds into one model "
+          "would only shrink the rest", flush=True)
     # the most a trainer could reach: nothing but its counted matmul FLOPs, at the matmul peak of this run
     mlp = TrainConfig(arch="mlp", norm="batch", batch_size=BATCH, device=device)
     peak = results["cnn_fraction_of_peak"]["reference"] * 1e9  # FLOP/s

@@ -109,5 +109,6 @@ def cost_page(P):
                  "train_minutes_all": float(by_kind["training minutes"].sum()) if len(by_kind) else 0.0})
     bench = provenance.load_benchmark() if P["show_benchmark"] else None
     glue_value("benchmark_summary", provenance.benchmark_summary(bench))
+    glue_value("levers_text", provenance.levers_text(bench))
     return SimpleNamespace(times=times.round({"seconds": 1}), trials=provenance.trials_by_notebook(), kinds=by_kind,
                            benchmark=provenance.benchmark_table(bench) if bench else pd.DataFrame())

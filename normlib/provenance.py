@@ -222,6 +222,27 @@ def trained_once(results=None):
     return len(keys), len(set(keys))
 
 
+def levers_text(bench):
+    """What the benchmark measured of the levers that pay for the budget (results/benchmark.json), in one
+    paragraph, or what to run to get them."""
+    r = (bench or {}).get("results", {})
+    need = ("mlp_fraction_of_peak", "cnn_fraction_of_peak", "halving_vs_grid", "one_owner_vs_two")
+    if not all(k in r for k in need):
+        return "make benchmark measures them (their numbers appear here in the next make report)."
+    evals = [k for k in r if k.endswith("_vs_8")]
+    share = (bench.get("context") or {}).get("step_in_matmuls", {})
+    return (f"measured by make benchmark on {bench['machine']['cpu']}: successive halving spends "
+            f"{r['halving_vs_grid']['ratio']:.2f} of the optimizer steps of the full grid; two notebooks asking for the "
+            f"same trials at once take {r['one_owner_vs_two']['ratio']:.2f} of the time they took when both trained "
+            f"them; " + ", ".join(f"{k.split('_')[0].upper()} epochs with {k.split('_')[2]} evaluations take "
+                                  f"{r[k]['ratio']:.2f} of the time with 8" for k in evals)
+            + f". The step itself: the MLP trains at {r['mlp_fraction_of_peak']['ratio']:.0%} and the CNN at "
+              f"{r['cnn_fraction_of_peak']['ratio']:.0%} of this machine's fp32 matrix-multiply peak"
+            + (", and a step spends " + " and ".join(f"{v:.0%} ({a.upper()})" for a, v in share.items())
+               + " of its time in matrix products and convolutions, so batching several seeds into one model "
+                 "would only shrink the rest" if share else "") + ".")
+
+
 def benchmark_summary(bench):
     """The benchmark's results (results/benchmark.json) in one paragraph, or what to run to get them."""
     if bench is None:
