@@ -258,6 +258,24 @@ def plateau_text(measures):
             + f" (a plateau: {tol})")
 
 
+def detectable_text(table):
+    """What the primary comparisons can detect, per criterion and network: the largest over the pairs of the
+    smallest difference each detects with 80% power at Holm's first level (verdicts.comparison_table), and
+    on the fresh seeds for the comparisons to confirm."""
+    parts = []
+    for measure, g in table.groupby("measure", sort=False):
+        m = verdicts.MEASURES[measure]
+        by = [f"{NETWORKS.get(n, n)} {m.fmt.format(d)}" for n, d in g.groupby("network", sort=False)["detectable"].max().items()
+              if math.isfinite(d)]
+        if by:
+            parts.append(f"{verdicts.SHORT_MEASURES.get(measure, measure)} {', '.join(by)}")
+    fresh = table["detectable_fresh"].dropna() if "detectable_fresh" in table else []
+    return ("with 80% power at the level Holm's first step uses (0.05 / " + str(len(table)) + "), from the spread of "
+            "these runs, a comparison detects a true difference of at least (the largest over its pairs): "
+            + "; ".join(parts) + (f"; the fresh seeds detect, for the {len(fresh)} comparisons they confirm or not, "
+                                  "the sizes in the table's last column" if len(fresh) else ""))
+
+
 def levels_text(levels):
     """'MLP 0.361, CNN 0.334'"""
     return ", ".join(f"{NETWORKS.get(a, a)} {level:.3f}" for a, level in levels.items())
@@ -290,6 +308,7 @@ def analyse_step(source, norm, workers=0):
     rows = v.table[(v.table["first"] == norm) & (v.table["second"] == "none")]
     glue_values({"n_seeds": len(proto.seeds), "n_confirm_seeds": len(proto.confirm_seeds),
                  "confirm_split_seed": proto.confirm_split_seed, "levels_text": levels_text(v.levels),
+                 "detectable_text": detectable_text(v.table),
                  "n_confirmed": int((rows["confirmation"] == "confirmed").sum()), "n_comparisons": len(rows)})
     glue_html("findings", findings_html(rows))
     mine = [h for h in v.runs.primary if h.config["norm"] in ("none", norm)]
@@ -330,6 +349,7 @@ def compare_step(P, sources=("step1_bn_training", "step3_ln_training")):
     won = verdicts.winners(v.table, "confirmed_winner")
     glue_values({"n_seeds": len(proto.seeds), "n_confirm_seeds": len(proto.confirm_seeds),
                  "n_primary": len(v.table), "n_established": int(v.table["established"].sum()),
+                 "detectable_text": detectable_text(v.table),
                  "n_confirmed": int((v.table["confirmation"] == "confirmed").sum()),
                  "headlines": "\n".join(f"- {line}" for line in lines) or "- none: no primary verdict was confirmed",
                  **{f"winner__{r.network}__{r.measure}": r.verdict for r in won.itertuples()},

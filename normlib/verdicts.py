@@ -33,7 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from normlib.metrics import MIN_SEEDS, format_ci, mean_ci, welch, welch_ci
-from normlib.stats import ALPHA, finite, holm, spread_test
+from normlib.stats import ALPHA, detectable, finite, holm, spread_test, welch_se
 
 LABELS = {"none": "no normalization", "batch": "batch norm", "layer": "layer norm", "weight": "weight norm",
           "group": "group norm", "batch+layer": "batch + layer norm"}
@@ -140,7 +140,10 @@ def verdict_text(first, second, diff, p_decide, n_first, n_second, measure, alph
 
 def comparison_table(table, measures, pairs, family, networks=None, adjust=True, alpha=ALPHA):
     """One row per network x measure x pair (first, second): the numbers of compare, p_holm (Holm over
-    all rows when adjust, else NaN), the verdict from p_holm (adjust) or p, and the family's name."""
+    all rows when adjust, else NaN), the verdict from p_holm (adjust) or p, the family's name, and
+    `detectable`: the smallest true difference its Welch test finds with 80% power at these runs' spread,
+    at the level Holm's first step uses (alpha / family size; alpha when not adjusted); NaN for the tests
+    of spreads and rates."""
     networks = list(dict.fromkeys(table["arch"])) if networks is None else list(networks)
     rows = []
     for network in networks:
@@ -150,13 +153,16 @@ def comparison_table(table, measures, pairs, family, networks=None, adjust=True,
                 ga, gb = _group(table, network, first), _group(table, network, second)
                 if ga.empty or gb.empty:
                     continue
+                se, df = welch_se(ga[m.column or name], gb[m.column or name]) if m.test == "Welch" else (math.nan,) * 2
                 rows.append({"family": family, "network": network, "criterion": m.criterion, "measure": name,
                              "better": "lower" if m.lower_is_better else "higher", "first": first,
-                             "second": second, **compare(ga, gb, name, m)})
+                             "second": second, **compare(ga, gb, name, m), "se": se, "df": df})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
     out["p_holm"] = holm(out["p"]) if adjust else math.nan
+    level = alpha / len(out) if adjust else alpha
+    out["detectable"] = [detectable(se, df, level) for se, df in zip(out["se"], out["df"])]
     decide = out["p_holm"] if adjust else out["p"]
     verdicts = [verdict_text(r.first, r.second, r.diff, p, r.n_first, r.n_second, MEASURES[r.measure], alpha,
                              bool(r.no_spread)) for r, p in zip(out.itertuples(), decide)]
@@ -224,11 +230,16 @@ def confirm(first, fresh, alpha=ALPHA):
     over the comparisons established in `first`; "not confirmed" otherwise; "not established" when
     `first` did not establish it. claim: the verdict when confirmed, NO_SPREAD for a measure that did not
     vary in either condition, else "not established"."""
-    cols = ["diff", "diff_lo", "diff_hi", "p", "n_first", "diverged_first", "n_second", "diverged_second"]
+    cols = ["diff", "diff_lo", "diff_hi", "p", "n_first", "diverged_first", "n_second", "diverged_second", "se", "df"]
+    cols = [c for c in cols if c in fresh]
     out = first.merge(fresh[KEY + cols].rename(columns={c: c + "_fresh" for c in cols}), on=KEY, how="left")
     family = out["established"].to_numpy(bool)
     out["p_confirm"] = math.nan
     out.loc[family, "p_confirm"] = holm(out.loc[family, "p_fresh"])
+    if "se_fresh" in out:  # what the fresh seeds could confirm: 80% power at Holm's first level over the family
+        level = alpha / max(1, int(family.sum()))
+        out["detectable_fresh"] = [detectable(se, df, level) if f else math.nan
+                                   for se, df, f in zip(out["se_fresh"], out["df_fresh"], family)]
     same_sign = np.sign(out["diff_fresh"]) == np.sign(out["diff"])
     ok = family & same_sign.to_numpy(bool) & (out["p_confirm"] < alpha).to_numpy(bool)
     out["confirmation"] = np.where(~family, "not established", np.where(ok, "confirmed", "not confirmed"))
@@ -366,10 +377,14 @@ def reader_table(cmp):
                "measure": SHORT_MEASURES.get(r["measure"], r["measure"]), "comparison": f"{a} - {b}",
                "difference [95% CI]": format_ci(r["diff"], r["diff_lo"], r["diff_hi"], _signed(m)),
                "Holm p" if adjusted else "p": "n/a" if not np.isfinite(p) else "< 0.001" if p < 0.001 else f"{p:.3f}",
+               "detectable (80% power)": m.fmt.format(r["detectable"]) if np.isfinite(r.get("detectable", math.nan))
+               else "n/a",
                "verdict": short_verdict(r), "n (diverged)": f"{r['n_first']} ({r['diverged_first']}), "
                                                             f"{r['n_second']} ({r['diverged_second']})"}
         if "confirmation" in r:
             row["fresh seeds"] = r["confirmation"]
+            d = r.get("detectable_fresh", math.nan)
+            row["detectable on fresh seeds"] = m.fmt.format(d) if np.isfinite(d) else ""
         rows.append(row)
     return pd.DataFrame(rows)
 

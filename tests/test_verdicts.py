@@ -243,11 +243,28 @@ def test_glue_values_are_plain_python():
     assert g["mlp_spike_layer_vs_none_verdict"] == "not established"
 
 
+def test_each_comparison_states_what_it_could_detect():
+    """The smallest difference each primary comparison detects with 80% power at Holm's first level (alpha /
+    18), larger where the runs spread more; on the fresh seeds, at the level of the confirmation's family."""
+    t = verdicts.primary_table(study()).set_index(["measure", "first", "second"])
+    speed = t.loc[("steps_to_level", "batch", "none")]
+    from normlib.stats import detectable
+    assert speed["detectable"] == pytest.approx(detectable(speed["se"], speed["df"], 0.05 / len(t)))
+    wide = pd.DataFrame(runs("mlp", "none", steps_to_level=jitter(700, 80)) + runs("mlp", "batch", steps_to_level=jitter(400, 80))
+                        + runs("mlp", "layer", steps_to_level=jitter(690, 80)))
+    w = verdicts.primary_table(wide).set_index(["measure", "first", "second"])
+    assert w.loc[("steps_to_level", "batch", "none"), "detectable"] == pytest.approx(2 * speed["detectable"], rel=0.05)
+    c = verdicts.confirm(verdicts.primary_table(study()), verdicts.primary_table(fresh()))
+    established = c[c["established"]]
+    assert established["detectable_fresh"].notna().all() and c[~c["established"]]["detectable_fresh"].isna().all()
+    assert "detectable on fresh seeds" in verdicts.reader_table(c)
+
+
 def test_reader_table_and_line():
     t = verdicts.primary_table(study())
     r = verdicts.reader_table(t)
     assert list(r.columns) == ["network", "criterion", "measure", "comparison", "difference [95% CI]", "Holm p",
-                               "verdict", "n (diverged)"]
+                               "detectable (80% power)", "verdict", "n (diverged)"]
     row = t[(t["measure"] == "best_test_loss") & (t["first"] == "batch") & (t["second"] == "none")].iloc[0]
     line = verdicts.reader_line(row)
     assert re.fullmatch(r"BN - none: -0\.030 \[-0\.\d{3}, -0\.\d{3}\], Holm p (< 0\.001|= 0\.\d{3}), BN lower", line)
