@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from normlib import figures, metrics, verdicts
+from normlib import conclusions, figures, metrics, verdicts
 from normlib.protocol import (PRIMARY_NORMS, Protocol, curves_frame, rate_scores, read_record, steps_frame,
                               successive_halving, tuning_table, write_record)
 from normlib.report import glue_figure, glue_html, glue_value, glue_values
@@ -345,6 +345,7 @@ def compare_step(P, sources=("step1_bn_training", "step3_ln_training")):
     extra = tuple(P.get("extra_norms", ()))
     v = verdict_table(proto, PRIMARY_NORMS + extra, P.get("workers", 0))
     glue_verdicts(v)
+    conclusions.write("step5_comparison", conclusions.from_primary_table(v.table))  # for the conclusions' table
     lines = verdicts.headlines(v.table, NETWORKS)
     won = verdicts.winners(v.table, "confirmed_winner")
     glue_values({"n_seeds": len(proto.seeds), "n_confirm_seeds": len(proto.confirm_seeds),
