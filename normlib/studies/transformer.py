@@ -213,7 +213,8 @@ def _legend(fig, ax, top):
 
 def curves_figure(curves):
     """Validation loss and error over the epochs per condition at its selected rate: mean and 95% band over
-    the seeds (normlib.figures.seed_band). curves: curves_frame with condition and val_error columns."""
+    the seeds (normlib.figures.seed_band), drawn up to chance. curves: curves_frame with condition and
+    val_error columns."""
     fig, axes = plt.subplots(1, 2, figsize=(10.8, 3.9))
     for ax, y in zip(axes, ("val_loss", "val_error")):
         for cond, g in seed_band(curves, "epoch", y, hue="condition").groupby("condition", sort=False):
@@ -222,7 +223,7 @@ def curves_figure(curves):
             ax.fill_between(g["epoch"], g["lo"], g["hi"], color=s["color"], alpha=0.15, lw=0)
         ax.set_xlabel("epoch (passes over the training set)")
         ax.set_ylabel(METRIC_LABELS[y])
-        ax.set_yscale("log" if y == "val_loss" else "linear")
+        ax.set_ylim(0, metrics.CHANCE_LOSS if y == "val_loss" else 1 - CHANCE_ACC)  # up to chance
     return _legend(fig, axes[0], 0.9)
 
 
@@ -230,7 +231,7 @@ def sweep_figure(table, threshold, warmup):
     """Final validation accuracy against the peak rate, with warmup and without (panels): every run a dot
     (a failed one at chance), the mean over seeds a line; the dotted line is the accuracy that counts as
     training."""
-    fig, axes = plt.subplots(1, 2, figsize=(10.8, 3.9), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10.8, 3.9), sharex=True, sharey=True)
     for ax, (w, title) in zip(axes, ((warmup, f"with warmup ({warmup:.0%} of the steps)"), (0.0, "without warmup"))):
         d = table[table["warmup"] == w]
         for cond, g in d.groupby("condition", sort=False):
