@@ -20,7 +20,6 @@ runs than the post-norm, with warmup and without (Fisher's exact test, one-sided
 error at that rate more than pre-LN's (Welch on the per-seed gains, Xiong et al. 2020: post-LN needs
 warmup); every normalized condition against none, each at its selected rate (final validation error).
 """
-import math
 from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
@@ -160,14 +159,14 @@ def family(comparison, sweep, high_lr, warmup, bn=False):
     for pair in ("LN", "BN") if bn else ("LN",):
         pre, post = PLACEMENTS[pair]
         suffix = "" if pair == "LN" else "_bn"
-        for w, key, words in ((warmup, "warmup", "with warmup"), (0.0, "no_warmup", "without warmup")):
-            rows.append(shares(f"vit_pre_trains_{key}{suffix}", f"at rate {high_lr:g} {words}, {pre} trains in more "
+        for w, arm, words in ((warmup, "warmup", "with warmup"), (0.0, "no_warmup", "without warmup")):
+            rows.append(shares(f"vit_pre_trains_{arm}{suffix}", f"at rate {high_lr:g} {words}, {pre} trains in more "
                                f"runs than {post}", at(pre, w)["trains"], at(post, w)["trains"]))
     rows.append(difference("vit_warmup_post_more", f"at rate {high_lr:g}, warmup lowers post-LN's final validation "
                            "error more than pre-LN's", warmup_gains(sweep, "post-LN", high_lr, warmup),
                            warmup_gains(sweep, "pre-LN", high_lr, warmup), predicted=1))
     for c in list(CONDITIONS)[1:]:
-        rows.append(difference(f"vit_vs_none_{c.lower().replace('-', '_')}", f"{c}'s final validation error lower "
+        rows.append(difference(f"vit_vs_none_{key(c)}", f"{c}'s final validation error lower "
                                "than without normalization (each at its selected rate)", err(c), err("none"),
                                predicted=-1))
     return common.family(rows)
