@@ -19,7 +19,7 @@ from normlib.norms import NORMS
 # colour and name of every normalization kind (from the registry), and of model variants that are not kinds
 NORM_COLORS = {**{kind: n.colour for kind, n in NORMS.items()}, "batch+layer": "#d62728"}
 NORM_LABELS = {**{kind: n.label for kind, n in NORMS.items()}, "batch+layer": "batch + layer norm"}
-ARCH_LABELS = {"mlp": "MLP", "cnn": "CNN"}
+ARCH_LABELS = {"mlp": "MLP", "cnn": "CNN", "vit": "ViT"}
 METRIC_LABELS = {
     "train_loss": "training loss (cross-entropy)", "val_loss": "validation loss (cross-entropy)",
     "train_acc": "training accuracy", "val_acc": "validation accuracy", "test_acc": "test accuracy",

@@ -277,6 +277,8 @@ RULES = {
     "extra_lrs": list_of(positive_float, "positive numbers"),  # study_learning_rate: rates above the main grid
     "extra_seeds": seed_list_or_empty,  # study_learning_rate: seeds beside the main comparison's tuning seeds
     "lr_margin": fraction,              # study_learning_rate: accuracy margin around the best rate
+    "sweep_lrs": list_of(positive_float, "positive numbers"),  # study_transformer: the sweep's rates
+    "sweep_bn": boolean,                # study_transformer: the sweep runs pre-BN and post-BN too
     "record_every": positive_int,       # study_activation_drift
     "probe_size": positive_int,         # study_activation_drift
     "unit": nonneg_int,                 # study_activation_drift

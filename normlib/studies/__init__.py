@@ -6,7 +6,7 @@ it, the wording of verdicts, the effect-size rule) is in normlib.studies.common.
 STUDIES lists them: the notebook of each (notebooks/<name>.ipynb, a chapter in _toc.yml) and its module.
 """
 from normlib.studies import (activation_drift, batch_size, claims, init_scale, landscape, learning_rate, recurrent,
-                             regularization)
+                             regularization, transformer)
 
 STUDIES = {  # notebook -> module
     "study_batch_size": batch_size,
@@ -16,5 +16,6 @@ STUDIES = {  # notebook -> module
     "study_landscape": landscape,
     "study_regularization": regularization,
     "study_recurrent": recurrent,
+    "study_transformer": transformer,
     "study_claims": claims,
 }
