@@ -13,7 +13,8 @@ import seaborn as sns
 
 from normlib.figures import (ARCH_LABELS, METRIC_LABELS, NORM_COLORS, NORM_LABELS, band_plot, finish,
                              mark_diverged, palette, seed_band, shared_legend)
-from normlib.metrics import mean_ci, metric_bounds
+from normlib import metrics
+from normlib.metrics import CHANCE_ACC, mean_ci, metric_bounds
 
 STUDY_LABELS = {
     "val_error": "validation error (1 - accuracy)", "best_val_acc": "best validation accuracy",
@@ -167,3 +168,49 @@ def points(frame, x, y, *, hue="norm", col=None, order=None, logy=False, hline=N
             ax.get_legend().remove()
     fig.tight_layout(rect=(0, 0, 1, 0.9) if hue != x else None)
     return fig
+
+
+# ----------------------------------------------------------------------------
+# conditions that are a norm and a placement (the transformer study)
+
+def _legend(fig, ax, top):
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, top))
+    return fig
+
+
+def condition_curves(curves, styles):
+    """Validation loss and error over the epochs per condition (the transformer study's) at its selected rate:
+    mean and 95% band over the seeds (normlib.figures.seed_band), drawn up to chance. curves: curves_frame with
+    condition and val_error columns; styles: {condition: plot style (color, ls, marker)}."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.8, 3.9))
+    for ax, y in zip(axes, ("val_loss", "val_error")):
+        for cond, g in seed_band(curves, "epoch", y, hue="condition").groupby("condition", sort=False):
+            s = styles[cond]
+            ax.plot(g["epoch"], g["mean"], label=cond, lw=1.6, markersize=3, **s)
+            ax.fill_between(g["epoch"], g["lo"], g["hi"], color=s["color"], alpha=0.15, lw=0)
+        ax.set_xlabel("epoch (passes over the training set)")
+        ax.set_ylabel(METRIC_LABELS[y])
+        ax.set_ylim(0, metrics.CHANCE_LOSS if y == "val_loss" else 1 - CHANCE_ACC)  # up to chance
+    return _legend(fig, axes[0], 0.9)
+
+
+def condition_sweep(table, threshold, warmup, styles):
+    """Final validation accuracy against the peak rate per condition, with warmup and without (panels): every
+    run a dot (a failed one at chance), the mean over seeds a line; the dotted line is the accuracy that
+    counts as training. styles: {condition: plot style}."""
+    fig, axes = plt.subplots(1, 2, figsize=(10.8, 3.9), sharex=True, sharey=True)
+    for ax, (w, title) in zip(axes, ((warmup, f"with warmup ({warmup:.0%} of the steps)"), (0.0, "without warmup"))):
+        d = table[table["warmup"] == w]
+        for cond, g in d.groupby("condition", sort=False):
+            s = styles[cond]
+            mean = g.groupby("lr")["final_val_acc"].mean()
+            ax.plot(mean.index, mean.to_numpy(), label=cond, lw=1.4, markersize=7, **s)
+            ax.scatter(g["lr"], g["final_val_acc"], color=s["color"], marker=s["marker"], s=16, alpha=0.5)
+        ax.axhline(threshold, color="#444444", ls=":", lw=1.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (peak of the cosine schedule)")
+        ax.set_title(title)
+    axes[0].set_ylabel("final validation accuracy")
+    return _legend(fig, axes[0], 0.88)

@@ -8,7 +8,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from normlib import params
+from normlib import params, study_figures
 from normlib.studies import transformer as vit
 from normlib.train import History
 from normlib.trials import Result
@@ -202,9 +202,9 @@ def test_check_refuses_bad_parameters_with_one_line(change, message):
 def test_figures_draw():
     curves = pd.DataFrame([{"condition": c, "seed": s, "epoch": e, "val_loss": 1 / e, "val_error": 0.2 + 0.1 / e}
                            for c in vit.CONDITIONS for s in range(3) for e in (1, 2, 3)])
-    fig = vit.curves_figure(curves)
+    fig = study_figures.condition_curves(curves, vit.styles())
     assert len(fig.axes) == 2 and fig.axes[0].get_ylabel() and len(fig.legends) == 1
     runs = vit.tabulate([history(c, lr, s, warmup=w, acc=0.8 if c == "pre-LN" else 0.5)
                          for c in ("pre-LN", "post-LN") for lr in (0.01, HIGH) for w in (W, 0.0) for s in range(3)], 0.75)
-    fig = vit.sweep_figure(runs, 0.75, W)
+    fig = study_figures.condition_sweep(runs, 0.75, W, vit.styles())
     assert [ax.get_title() for ax in fig.axes] == ["with warmup (10% of the steps)", "without warmup"]

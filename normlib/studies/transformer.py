@@ -22,12 +22,11 @@ warmup); every normalized condition against none, each at its selected rate (fin
 """
 from types import SimpleNamespace
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
-from normlib import metrics, params
+from normlib import conclusions, metrics, params, study_figures
 from normlib.data import N_TRAIN
-from normlib.figures import METRIC_LABELS, NORM_COLORS, seed_band
+from normlib.figures import NORM_COLORS
 from normlib.metrics import CHANCE_ACC, completed_curve
 from normlib.models import HEADS
 from normlib.protocol import curves_frame, successive_halving, tuning_table
@@ -195,7 +194,7 @@ def rungs_table(rungs, selected, budget_steps):
 
 
 # ---------------------------------------------------------------------------------------------
-# the figures: colour = the norm (the book's palette), line style = the placement
+# the figures (normlib.study_figures): colour = the norm (the book's palette), line style = the placement
 
 def style(condition):
     norm, position = CONDITIONS[condition]
@@ -203,47 +202,8 @@ def style(condition):
     return {"color": NORM_COLORS.get(norm, "#333333"), "ls": "--" if post else "-", "marker": "^" if post else "o"}
 
 
-def _legend(fig, ax, top):
-    handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), bbox_to_anchor=(0.5, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, top))
-    return fig
-
-
-def curves_figure(curves):
-    """Validation loss and error over the epochs per condition at its selected rate: mean and 95% band over
-    the seeds (normlib.figures.seed_band), drawn up to chance. curves: curves_frame with condition and
-    val_error columns."""
-    fig, axes = plt.subplots(1, 2, figsize=(10.8, 3.9))
-    for ax, y in zip(axes, ("val_loss", "val_error")):
-        for cond, g in seed_band(curves, "epoch", y, hue="condition").groupby("condition", sort=False):
-            s = style(cond)
-            ax.plot(g["epoch"], g["mean"], label=cond, lw=1.6, markersize=3, **s)
-            ax.fill_between(g["epoch"], g["lo"], g["hi"], color=s["color"], alpha=0.15, lw=0)
-        ax.set_xlabel("epoch (passes over the training set)")
-        ax.set_ylabel(METRIC_LABELS[y])
-        ax.set_ylim(0, metrics.CHANCE_LOSS if y == "val_loss" else 1 - CHANCE_ACC)  # up to chance
-    return _legend(fig, axes[0], 0.9)
-
-
-def sweep_figure(table, threshold, warmup):
-    """Final validation accuracy against the peak rate, with warmup and without (panels): every run a dot
-    (a failed one at chance), the mean over seeds a line; the dotted line is the accuracy that counts as
-    training."""
-    fig, axes = plt.subplots(1, 2, figsize=(10.8, 3.9), sharex=True, sharey=True)
-    for ax, (w, title) in zip(axes, ((warmup, f"with warmup ({warmup:.0%} of the steps)"), (0.0, "without warmup"))):
-        d = table[table["warmup"] == w]
-        for cond, g in d.groupby("condition", sort=False):
-            s = style(cond)
-            mean = g.groupby("lr")["final_val_acc"].mean()
-            ax.plot(mean.index, mean.to_numpy(), label=cond, lw=1.4, markersize=7, **s)
-            ax.scatter(g["lr"], g["final_val_acc"], color=s["color"], marker=s["marker"], s=16, alpha=0.5)
-        ax.axhline(threshold, color="#444444", ls=":", lw=1.2)
-        ax.set_xscale("log")
-        ax.set_xlabel("learning rate (peak of the cosine schedule)")
-        ax.set_title(title)
-    axes[0].set_ylabel("final validation accuracy")
-    return _legend(fig, axes[0], 0.88)
+def styles():
+    return {c: style(c) for c in CONDITIONS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,6 +259,16 @@ def tables(selected, comparison, sweep, plateau):
     return summary, by_rate
 
 
+def conclusion_rows(fam):
+    """The family's verdicts between the norms, for the conclusions' table (normlib.conclusions): layer norm
+    against batch norm and each against none, at each placement (the placement verdicts are the page's own)."""
+    pairs = {"vit_ln_vs_bn_pre": ("layer", "batch", "pre"), "vit_ln_vs_bn_post": ("layer", "batch", "post"),
+             **{f"vit_vs_none_{key(c)}": (CONDITIONS[c][0], "none", "pre" if CONDITIONS[c][1] == "before" else "post")
+                for c in list(CONDITIONS)[1:]}}
+    return [row for k, (a, b, placement) in pairs.items()
+            for row in conclusions.from_family(fam, "vit", f"final validation error ({placement}-norm)", {k: (a, b)})]
+
+
 def page(P):
     """The transformer page: tuning, comparison and sweep; glues the family (vit_* keys), findings, the cost
     and the figures fig_vit_curves and fig_vit_sweep; returns the tables it shows."""
@@ -312,6 +282,7 @@ def page(P):
     sweep = tabulate(histories(sweep_cfgs), P["acc_threshold"])
     fam = family(comparison, sweep, max(P["sweep_lrs"]), P["warmup"], bn=P["sweep_bn"])
     glue_family(fam)
+    conclusions.write("study_transformer", conclusion_rows(fam))
     plateau = plateaus(comparison)
     everything = tuned + list(results.values())
     glue_values({**findings(P, selected, comparison, sweep, fam, plateau), "vit_runs": runs_text(everything),
@@ -321,10 +292,10 @@ def page(P):
     curves = curves_frame(histories(comparison_cfgs), keys=("norm", "norm_position", "seed"))
     curves = curves.assign(condition=[condition_of(r) for r in curves.to_dict("records")],
                            val_error=1 - curves["val_acc"])
-    glue_figure("fig_vit_curves", curves_figure(curves))
+    glue_figure("fig_vit_curves", study_figures.condition_curves(curves, styles()))
     shown = list(dict.fromkeys(sweep_cfgs + [c for c in comparison_cfgs if condition_of(c.to_dict()) in swept(P)]))
-    glue_figure("fig_vit_sweep", sweep_figure(tabulate(histories(shown), P["acc_threshold"]), P["acc_threshold"],
-                                              P["warmup"]))
+    glue_figure("fig_vit_sweep", study_figures.condition_sweep(tabulate(histories(shown), P["acc_threshold"]),
+                                                               P["acc_threshold"], P["warmup"], styles()))
     summary, by_rate = tables(selected, comparison, sweep, plateau)
     return SimpleNamespace(verdicts=common.family_table(fam), summary=summary, sweep=by_rate,
                            rungs=rungs_table(rungs, selected, steps(P)), comparison=comparison, sweep_runs=sweep,
