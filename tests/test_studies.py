@@ -112,12 +112,51 @@ def test_every_row_states_what_its_test_detects_at_the_familys_level():
 
 
 def test_the_effect_size_rule_needs_spread_on_both_sides():
-    both = common.standardized_effect(spread_around(0.5), spread_around(0.3))
+    # groups that spread and overlap (width 0.1: |g| about 2.3; at width 0.01 the groups lie 20 SDs apart and
+    # the rule, normlib.stats.effect_size, shows no g)
+    both = common.standardized_effect(spread_around(0.5, width=0.1), spread_around(0.3, width=0.1))
     assert both["diff"] == pytest.approx(0.2) and both["hedges_g"] > 0 and both["n_first"] == 5
     assert math.isnan(common.standardized_effect([0.5] * 5, spread_around(0.3))["hedges_g"])  # one side without spread
     row = common.difference("k", "q", [0.5] * 5, spread_around(0.3))
     assert math.isnan(row["hedges_g"]) and "Hedges" not in common.family([row]).iloc[0]["text"]
-    assert "Hedges' |g| = " in common.family([common.difference("k", "q", spread_around(0.5), spread_around(0.3))]).iloc[0]["text"]
+    assert "Hedges' |g| = " in common.family([common.difference("k", "q", spread_around(0.5, width=0.1),
+                                                                spread_around(0.3, width=0.1))]).iloc[0]["text"]
+    far = common.standardized_effect(spread_around(0.5), spread_around(0.3))  # both spread, 20 SDs apart
+    assert math.isnan(far["hedges_g"]) and far["diff_lo"] < 0.2 < far["diff_hi"]
+
+
+def glued(monkeypatch):
+    """What the pages' helpers glue (common.glue_values), collected in a dict."""
+    got = {}
+    monkeypatch.setattr(common, "glue_values", got.update)
+    return got
+
+
+def test_no_glued_sentence_states_a_standardized_effect_without_spread_or_overlap(monkeypatch):
+    """Today's absurd cases: the drift of batch norm's input near-constant against the control's (|g| = 60), a
+    layer norm far below the control (|g| > 4 though both spread), batch norm's collapse many SDs beyond the
+    control's (|g| = 11). Their glued sentences state the raw difference and its interval, never Hedges' g, which
+    stays where both groups spread and overlap (stats.effect_size)."""
+    from normlib import metrics, stats
+    got = glued(monkeypatch)
+    rows = [{"norm": n, "seed": s, "layer": "norm3", "median_shift": m + 0.3 * s, "spread_change": c + w * s}
+            for n, m, c, w in (("none", 2.5, 3.6, 0.02), ("batch", 0.2, 0.02, 1e-12), ("layer", 1.9, 1.7, 0.02))
+            for s in range(5)]
+    drift, t = activation_drift.family(pd.DataFrame(rows)), pd.DataFrame(rows)
+    common.glue_family(drift)
+    bs = batch_size.family(bs_table(bn_small=0.5), margin=0.03)
+    common.glue_family(bs)
+    raw = lambda m, n: abs(metrics.welch(t[t["norm"] == n][m], t[t["norm"] == "none"][m])["g"])  # noqa: E731
+    assert raw("spread_change", "batch") > 40 and raw("spread_change", "layer") > 4  # what the old rule printed
+    assert raw("median_shift", "layer") < 4
+    for key in ("drift_spread_change_batch", "drift_spread_change_layer", "drift_median_shift_batch",
+                "bs_bn_collapse"):
+        assert "Hedges" not in got[key] and " [" in got[key], key  # the raw difference with its interval
+    assert "Hedges' |g| = " in got["drift_median_shift_layer"]  # both spread, the groups overlap: g is shown
+    for fam in (drift, bs):  # no sentence anywhere shows a g the rule withholds
+        for r in fam.itertuples():
+            shown = "Hedges" in got[r.key]
+            assert shown == bool(np.isfinite(r.hedges_g)) and (not shown or abs(r.hedges_g) <= stats.G_LIMIT)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ equivalence, the smallest margin it could establish), and a verdict worded no st
 a difference is "supported" / "contradicted" only with a Holm-adjusted p < 0.05 in the direction the claim
 predicts / the opposite one, else "not established"; an equivalence ("flat", "no more than") needs two
 one-sided tests within a stated margin (TOST, Schuirmann 1987), else "not established". The effect size
-of a difference follows one rule, `standardized_effect`: Hedges' g only when both groups spread. A run
-that diverged counts at chance (the failure rule of normlib.metrics.completed_curve), never dropped.
+of a difference follows the report's one rule, normlib.stats.effect_size (through `standardized_effect`):
+Hedges' g only when both groups spread and overlap (|g| <= 4), else the raw difference and its interval
+alone. A run that diverged counts at chance (the failure rule of normlib.metrics.completed_curve), never
+dropped.
 """
 import math
 
@@ -25,7 +27,7 @@ from normlib.stats import (ALPHA, POWER, detectable, detectable_share, finite, h
 from normlib.train import TrainConfig
 
 NORMS = ("none", "batch", "layer")  # the conditions of every study
-RESOLUTION = 1e-9  # a group whose SD is at or below this has no spread: no standardized effect
+RESOLUTION = 1e-9  # a group whose SD is at or below this has no spread: no standardized effect (stats.effect_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,8 +90,8 @@ def p_text(p):
 def standardized_effect(a, b):
     """The comparison of two samples behind a difference row, and the one rule for its effect size:
     mean(a) - mean(b) with its Welch 95% interval and Welch's p (normlib.verdicts.compare), Hedges' g only
-    when both samples spread (SD above RESOLUTION), else NaN. Keys: diff, diff_lo, diff_hi, p, hedges_g,
-    n_first, n_second (finite values of a and b)."""
+    where normlib.stats.effect_size shows one (both samples spread, SD above RESOLUTION, and overlap, |g| <= 4),
+    else NaN. Keys: diff, diff_lo, diff_hi, p, hedges_g, n_first, n_second (finite values of a and b)."""
     ga, gb = (pd.DataFrame({"value": finite(x), "diverged": False}) for x in (a, b))
     return verdicts.compare(ga, gb, "value", verdicts.Measure("", "", True, RESOLUTION, column="value"))
 
