@@ -13,7 +13,7 @@ import torch
 from normlib import study_figures
 from normlib.data import Splits
 from normlib.studies import (STUDIES, activation_drift, batch_size, claims, common, init_scale, landscape,
-                             learning_rate, recurrent, regularization)
+                             learning_rate, literature, recurrent, regularization)
 from normlib.train import History, train
 from normlib.trials import Result
 
@@ -157,6 +157,68 @@ def test_no_glued_sentence_states_a_standardized_effect_without_spread_or_overla
         for r in fam.itertuples():
             shown = "Hedges" in got[r.key]
             assert shown == bool(np.isfinite(r.hedges_g)) and (not shown or abs(r.hedges_g) <= stats.G_LIMIT)
+
+
+def test_the_literatures_effect_is_detectable_or_not_at_these_seeds():
+    """A reported effect at least the row's detectable one is detectable; a smaller one is not, with the seeds that
+    would detect it; an equivalence needs its detectable margin (plus the reported difference) inside the margin."""
+    fam = common.family([common.difference("d", "q", spread_around(0.5, width=0.05), spread_around(0.3, width=0.05)),
+                         common.equivalence("e", "q", spread_around(0.3, width=0.01), spread_around(0.3, width=0.01),
+                                            margin=0.03),
+                         common.shares("s", "q", [True] * 5, [False] * 5)])
+    det = fam.set_index("key")["detectable"]
+    Reported = literature.Reported
+    t = literature.literature(fam, [Reported("d", 2 * det["d"], "Big et al."), Reported("d", -det["d"] / 2, "Small"),
+                                    Reported("e", 0.0, "Flat"), Reported("e", 0.029, "Almost"),
+                                    Reported("s", 1.0, "All")])
+    assert list(t["detectable"]) == [True, False, True, False, True]
+    assert t["seeds"].iloc[1] == math.ceil(5 * 2 ** 2) and math.isnan(t["seeds"].iloc[4])
+    text = literature.literature_sentence(t)
+    assert text.startswith("Big et al.: an effect of that size") and "is detectable at these seeds" in text
+    assert "Small: an effect of that size" in text and "not detectable at these seeds (the test detects" in text
+    assert "about 20 runs per condition would" in text
+    assert "flatness within the margin of ±3.0 points is establishable" in text
+    assert literature.literature_sentence(literature.literature(fam, ()), "none reported") == "none reported"
+
+
+def test_every_reported_effect_names_a_row_of_its_family():
+    """Each study's `reported` (what the literature reports) sizes rows its family has, on the tests' tables."""
+    lr = learning_rate.tabulate(lr_runs(), 0.7)
+    init = init_table([("none", s, 1e-5, 0.1) for s in (1e-4, 1.0)])
+    drift = pd.DataFrame([{"norm": n, "seed": s, "layer": "norm3", "median_shift": 1.0 + 0.1 * s,
+                           "spread_change": 0.5} for n in ("none", "batch", "layer") for s in range(5)])
+    land = pd.DataFrame([{"norm": n, "seed": s, "loss_range": 1 + s, "grad_change": 1 + s, "beta": 1 + s}
+                         for n in ("none", "batch", "layer") for s in range(5)])
+    rnn = pd.DataFrame([{"norm": n, "seed": s, "val_error": 0.3 + 0.01 * s} for n in ("none", "batch", "layer")
+                        for s in range(5)])
+    cases = [(batch_size.family(bs_table(), 0.03), batch_size.reported()),
+             (learning_rate.family(lr, [1.0, 3.0]), learning_rate.reported()),
+             (init_scale.family(init, 0.5, 1e-5, 0.1), init_scale.reported([1e-4, 1.0], 0.5, 0.1)),
+             (activation_drift.family(drift), activation_drift.reported(drift)),
+             (landscape.family(land), landscape.reported()),
+             (regularization.family(pd.DataFrame(columns=["norm", "condition", "val_error", "gap"])),
+              regularization.reported()),
+             (recurrent.family(rnn), recurrent.reported()),
+             (common.family(claims.batch_claim_rows(bs_table())), claims.reported())]
+    for fam, reported in cases:
+        assert {r.key for r in reported} <= set(fam["key"])
+        t = literature.literature(fam, reported)
+        assert len(t) == len(reported) and (t.empty or t["detectable"].dtype == bool)
+    assert [r.effect for r in init_scale.reported([1e-4, 1.0], 0.5, 0.1)] == pytest.approx([-0.3, -0.3])
+    assert activation_drift.reported(drift)[0].effect == pytest.approx(1.2)  # the control's own drift
+
+
+def test_every_study_page_states_what_it_can_detect():
+    """Every study page prints the smallest effect its tests detect (glued from its family) and whether the
+    literature's effect is detectable at its seeds; every study module declares what the literature reports."""
+    import nbformat
+    from normlib.paths import notebooks_dir
+    for name, module in STUDIES.items():
+        text = "\n".join(c.source for c in nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4).cells
+                         if c.cell_type == "markdown")
+        assert "{glue:text}`detectable_text:s`" in text or "_detectable:s`" in text, name
+        assert "{glue:text}`literature_text:s`" in text, name
+        assert callable(module.reported), name
 
 
 # ---------------------------------------------------------------------------------------------
