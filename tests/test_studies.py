@@ -571,6 +571,24 @@ def test_recurrent_family():
     assert {t.model for t in trials} == {"rnn"} and {t.config.hidden for t in trials} == {(16,)}
 
 
+def test_recurrent_plateau_evidence_per_norm():
+    """Each run's change of the validation loss over the last quarter of its steps, as the main comparison's
+    plateau table and sentence read it: a median run within 2% plateaued, else still falling."""
+    from normlib import steps
+
+    def run(norm, seed, losses):
+        return History(config={"norm": norm, "seed": seed, "epochs": 1, "max_steps": 0, "evals_per_epoch": 4},
+                       val_loss=losses, val_acc=[0.5] * 4, eval_step=[25, 50, 75, 100], steps_per_epoch=100)
+    hs = [run(n, s, [1.0, 0.8, 0.70, 0.69 - 0.001 * s]) for n in ("none", "layer") for s in range(3)]
+    hs += [run("batch", s, [1.0, 0.8, 0.70, 0.60]) for s in range(3)]
+    changes = recurrent.plateaus(hs)
+    assert list(changes.columns) == ["arch", "norm", "seed", "last_quarter_change"] and len(changes) == 9
+    assert changes["last_quarter_change"].iloc[0] == pytest.approx(math.log(0.69 / 0.70))
+    table = steps.plateau_table(changes).set_index("condition")
+    assert table.loc["layer norm"].iloc[-1] == "plateaued" and table.loc["batch norm"].iloc[-1] == "still falling"
+    assert steps.plateau_text(changes).startswith("not every condition plateaued: RNN batch norm still falling")
+
+
 # ---------------------------------------------------------------------------------------------
 # figures, and the pages' text
 
