@@ -1,5 +1,7 @@
 """Statistical tests the verdicts and the studies use, on plain samples (lists or arrays of numbers).
 
+- effect_size: the one rule for a standardized effect (Hedges' g) anywhere in the report: shown only when
+  both samples spread and overlap enough for it to mean something, else NaN.
 - holm: Holm's step-down adjustment of a family of p-values (Holm 1979).
 - tost: equivalence of two means within a margin, two one-sided Welch tests (Schuirmann 1987).
 - spread_test: equal spread of two samples, the Brown-Forsythe test (Levene's test about the median).
@@ -17,14 +19,38 @@ import math
 import numpy as np
 from scipy import stats
 
+from normlib.metrics import welch  # Welch's test and Hedges' g; effect_size decides where g is shown
+
 ALPHA = 0.05  # every test of the report decides at this level
 POWER = 0.8   # what a test "can detect": a true effect it finds with this probability
+G_LIMIT = 4.0  # beyond this |Hedges' g| the samples barely overlap: g measures their spread, not the effect
 
 
 def finite(values):
     """The finite numbers of values (None and NaN dropped), as a float array."""
     x = np.asarray([v for v in values if v is not None], dtype=float)
     return x[np.isfinite(x)]
+
+
+def effect_size(a, b, resolution):
+    """Hedges' g of mean(a) - mean(b) (normlib.metrics.welch), or NaN where a standardized effect says nothing:
+    the one rule of the report, used by normlib.verdicts.compare (the main comparison) and, through it, by every
+    difference row of the studies (normlib.studies.common). g is shown only when
+    - both samples spread: each SD above `resolution`, the measure's smallest meaningful spread. A sample of
+      identical values (every run at chance, a loss that never rose) leaves nothing to scale by: g becomes a
+      difference over ~zero (|g| = 137 in the main comparison, 60 in a study).
+    - the samples overlap: |g| <= G_LIMIT. At |g| = 4 two normal densities overlap by 2 Phi(-2) = 4.6% and a
+      draw from one exceeds a draw from the other 99.8% of the time (Phi(4 / sqrt 2)); beyond, g mostly measures
+      how small the seed-to-seed spread happened to be: its standard error, sqrt(1/n_a + 1/n_b + g^2 / (2 (n_a +
+      n_b))) (Hedges & Olkin 1985), is over g / 4.5 with 5 seeds a side, and the spread it divides by is itself
+      estimated from those few seeds.
+    Where g is not shown, the raw difference with its interval carries the size of the effect (every verdict
+    sentence states it)."""
+    a, b = finite(a), finite(b)
+    if len(a) < 2 or len(b) < 2 or min(a.std(ddof=1), b.std(ddof=1)) <= resolution:
+        return math.nan
+    g = welch(a, b)["g"]
+    return float(g) if np.isfinite(g) and abs(g) <= G_LIMIT else math.nan
 
 
 def holm(pvalues):

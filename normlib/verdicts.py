@@ -8,9 +8,11 @@ batch norm vs layer norm). Each comparison states both groups' n and number of f
 their means with 95% Student-t intervals, the difference first minus second with its Welch 95% interval
 and Welch's p, and Holm's step-down adjustment of p over the whole family (Holm 1979). The verdict is
 computed from the adjusted p and worded no stronger than the test: "batch norm lower" (or "higher" for
-a measure where higher is better), or "not established", never "the same". Hedges' g is given only
-when both groups spread more than the measure's resolution: with ~zero spread in one group a
-standardized effect (|g| = 137) says nothing. Every other comparison (secondary measures, other
+a measure where higher is better), or "not established", never "the same". Hedges' g follows the
+report's one rule, normlib.stats.effect_size: given only when both groups spread more than the measure's
+resolution and overlap (|g| <= 4); with ~zero spread in one group, or groups far apart, a standardized
+effect (|g| = 137) measures the spread, not the effect, and the raw difference with its interval stands
+alone. Every other comparison (secondary measures, other
 conditions such as weight or group norm, spreads tested with Brown-Forsythe, divergence rates tested with
 Fisher's exact test) is exploratory: the same columns, unadjusted p, labelled so.
 
@@ -33,7 +35,7 @@ import pandas as pd
 from scipy import stats
 
 from normlib.metrics import MIN_SEEDS, format_ci, mean_ci, welch, welch_ci
-from normlib.stats import ALPHA, detectable, finite, holm, spread_test, welch_se
+from normlib.stats import ALPHA, detectable, effect_size, finite, holm, spread_test, welch_se
 
 LABELS = {"none": "no normalization", "batch": "batch norm", "layer": "layer norm", "weight": "weight norm",
           "group": "group norm", "batch+layer": "batch + layer norm"}
@@ -45,7 +47,7 @@ class Measure:
     criterion: str
     label: str                    # what it is, in the reader's words
     lower_is_better: bool
-    resolution: float             # a spread at or below this counts as none (no Hedges' g)
+    resolution: float             # a spread at or below this counts as none (no Hedges' g: stats.effect_size)
     fmt: str = "{:.3f}"           # format of a value; differences get a sign
     bounds: tuple = (0.0, math.inf)
     test: str = "Welch"           # Welch (means) | Brown-Forsythe (spreads) | Fisher (rates of failed runs)
@@ -86,7 +88,8 @@ def _group(table, network, condition):
 def compare(ga, gb, name, measure):
     """The numbers of one comparison of two groups of runs (rows of a measures table) on one measure:
     per group n, n diverged (and n reached, for steps), mean and 95% CI; diff = first - second with its
-    Welch 95% CI, p of the measure's test, and Hedges' g when both groups spread above the resolution."""
+    Welch 95% CI, p of the measure's test, and Hedges' g where stats.effect_size shows one (both groups
+    spread above the resolution and overlap, |g| <= 4), else NaN."""
     col = measure.column or name
     a, b = finite(ga[col]), finite(gb[col])
     out = {"n_first": len(a), "diverged_first": int(ga["diverged"].sum()),
@@ -114,13 +117,12 @@ def compare(ga, gb, name, measure):
     diff, lo, hi = welch_ci(a, b)
     w = welch(a, b)
     sd = [x.std(ddof=1) if len(x) > 1 else 0.0 for x in (a, b)]
-    spread = len(a) > 1 and len(b) > 1 and min(sd) > measure.resolution
     # no spread on either side (every run of both conditions at the same value, e.g. a loss that never rose):
     # a test would read a difference of constants as certain, or divide by zero; no verdict is stated
     no_spread = len(a) > 1 and len(b) > 1 and max(sd) <= measure.resolution
     return {**out, "mean_first": ma, "lo_first": loa, "hi_first": hia, "mean_second": mb, "lo_second": lob,
             "hi_second": hib, "diff": diff, "diff_lo": lo, "diff_hi": hi, "p": math.nan if no_spread else w["p"],
-            "hedges_g": w["g"] if spread else math.nan, "no_spread": no_spread}
+            "hedges_g": effect_size(a, b, measure.resolution), "no_spread": no_spread}
 
 
 NO_SPREAD = "not testable: no spread in either condition"

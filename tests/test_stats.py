@@ -1,12 +1,32 @@
-"""Tests of normlib.stats against hand computations and scipy: Holm, TOST, the Kaplan-Meier restricted
-mean and Brown-Forsythe."""
+"""Tests of normlib.stats against hand computations and scipy: the effect-size rule, Holm, TOST, the
+Kaplan-Meier restricted mean and Brown-Forsythe."""
 import math
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from normlib.stats import holm, km_restricted_mean, spread_test, tost
+from normlib import metrics
+from normlib.stats import G_LIMIT, effect_size, holm, km_restricted_mean, spread_test, tost
+
+
+def test_effect_size_only_with_spread_on_both_sides_and_overlap():
+    """Hedges' g where both samples spread above the resolution and |g| <= G_LIMIT; NaN otherwise."""
+    a, b = [1.0, 2.0, 3.0, 4.0, 5.0], [3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    assert effect_size(a, b, 1e-9) == pytest.approx(metrics.welch(a, b)["g"]) == pytest.approx(-1.3076, abs=1e-4)
+    assert math.isnan(effect_size([2.0] * 5, b, 1e-9))             # one side constant: a difference over ~0
+    assert math.isnan(effect_size(a, [2.0] * 5, 1e-9))
+    assert math.isnan(effect_size([2.0, 2.0 + 1e-12, 2.0], b, 1e-9))  # spread below the measure's resolution
+    assert math.isnan(effect_size(a, b, 2.0))                       # the same, at a coarser resolution
+    assert math.isnan(effect_size([1.0], b, 1e-9))                  # one value: no spread to estimate
+    # overlap: shifting b moves |g| across the limit; beyond it g is not shown, the difference still is
+    sd = math.sqrt((4 * np.var(a, ddof=1) + 5 * np.var(b, ddof=1)) / 9) / (1 - 3 / (4 * 11 - 9))
+    inside = [x + (G_LIMIT - 0.1) * sd - 2.5 for x in b]
+    outside = [x + (G_LIMIT + 0.1) * sd - 2.5 for x in b]
+    assert effect_size(a, inside, 1e-9) == pytest.approx(-(G_LIMIT - 0.1))
+    assert abs(metrics.welch(a, outside)["g"]) > G_LIMIT and math.isnan(effect_size(a, outside, 1e-9))
+    far = [10 + 1e-3 * i for i in range(5)]                         # the studies' case: near-constant, far apart
+    assert abs(metrics.welch(far, a)["g"]) > 4 and math.isnan(effect_size(far, a, 1e-9))
 
 
 def test_holm_by_hand():

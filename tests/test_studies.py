@@ -13,7 +13,7 @@ import torch
 from normlib import study_figures
 from normlib.data import Splits
 from normlib.studies import (STUDIES, activation_drift, batch_size, claims, common, init_scale, landscape,
-                             learning_rate, recurrent, regularization)
+                             learning_rate, literature, recurrent, regularization)
 from normlib.train import History, train
 from normlib.trials import Result
 
@@ -112,12 +112,127 @@ def test_every_row_states_what_its_test_detects_at_the_familys_level():
 
 
 def test_the_effect_size_rule_needs_spread_on_both_sides():
-    both = common.standardized_effect(spread_around(0.5), spread_around(0.3))
+    # groups that spread and overlap (width 0.1: |g| about 2.3; at width 0.01 the groups lie 20 SDs apart and
+    # the rule, normlib.stats.effect_size, shows no g)
+    both = common.standardized_effect(spread_around(0.5, width=0.1), spread_around(0.3, width=0.1))
     assert both["diff"] == pytest.approx(0.2) and both["hedges_g"] > 0 and both["n_first"] == 5
     assert math.isnan(common.standardized_effect([0.5] * 5, spread_around(0.3))["hedges_g"])  # one side without spread
     row = common.difference("k", "q", [0.5] * 5, spread_around(0.3))
     assert math.isnan(row["hedges_g"]) and "Hedges" not in common.family([row]).iloc[0]["text"]
-    assert "Hedges' |g| = " in common.family([common.difference("k", "q", spread_around(0.5), spread_around(0.3))]).iloc[0]["text"]
+    assert "Hedges' |g| = " in common.family([common.difference("k", "q", spread_around(0.5, width=0.1),
+                                                                spread_around(0.3, width=0.1))]).iloc[0]["text"]
+    far = common.standardized_effect(spread_around(0.5), spread_around(0.3))  # both spread, 20 SDs apart
+    assert math.isnan(far["hedges_g"]) and far["diff_lo"] < 0.2 < far["diff_hi"]
+
+
+def glued(monkeypatch):
+    """What the pages' helpers glue (common.glue_values), collected in a dict."""
+    got = {}
+    monkeypatch.setattr(common, "glue_values", got.update)
+    return got
+
+
+def test_no_glued_sentence_states_a_standardized_effect_without_spread_or_overlap(monkeypatch):
+    """Today's absurd cases: the drift of batch norm's input near-constant against the control's (|g| = 60), a
+    layer norm far below the control (|g| > 4 though both spread), batch norm's collapse many SDs beyond the
+    control's (|g| = 11). Their glued sentences state the raw difference and its interval, never Hedges' g, which
+    stays where both groups spread and overlap (stats.effect_size)."""
+    from normlib import metrics, stats
+    got = glued(monkeypatch)
+    rows = [{"norm": n, "seed": s, "layer": "norm3", "median_shift": m + 0.3 * s, "spread_change": c + w * s}
+            for n, m, c, w in (("none", 2.5, 3.6, 0.02), ("batch", 0.2, 0.02, 1e-12), ("layer", 1.9, 1.7, 0.02))
+            for s in range(5)]
+    drift, t = activation_drift.family(pd.DataFrame(rows)), pd.DataFrame(rows)
+    common.glue_family(drift)
+    bs = batch_size.family(bs_table(bn_small=0.5), margin=0.03)
+    common.glue_family(bs)
+    raw = lambda m, n: abs(metrics.welch(t[t["norm"] == n][m], t[t["norm"] == "none"][m])["g"])  # noqa: E731
+    assert raw("spread_change", "batch") > 40 and raw("spread_change", "layer") > 4  # what the old rule printed
+    assert raw("median_shift", "layer") < 4
+    for key in ("drift_spread_change_batch", "drift_spread_change_layer", "drift_median_shift_batch",
+                "bs_bn_collapse"):
+        assert "Hedges" not in got[key] and " [" in got[key], key  # the raw difference with its interval
+    assert "Hedges' |g| = " in got["drift_median_shift_layer"]  # both spread, the groups overlap: g is shown
+    for fam in (drift, bs):  # no sentence anywhere shows a g the rule withholds
+        for r in fam.itertuples():
+            shown = "Hedges" in got[r.key]
+            assert shown == bool(np.isfinite(r.hedges_g)) and (not shown or abs(r.hedges_g) <= stats.G_LIMIT)
+
+
+def test_the_literatures_effect_is_detectable_or_not_at_these_seeds():
+    """A reported effect at least the row's detectable one is detectable; a smaller one is not, with the seeds that
+    would detect it; an equivalence needs its detectable margin (plus the reported difference) inside the margin."""
+    fam = common.family([common.difference("d", "q", spread_around(0.5, width=0.05), spread_around(0.3, width=0.05)),
+                         common.equivalence("e", "q", spread_around(0.3, width=0.01), spread_around(0.3, width=0.01),
+                                            margin=0.03),
+                         common.shares("s", "q", [True] * 5, [False] * 5)])
+    det = fam.set_index("key")["detectable"]
+    Reported = literature.Reported
+    t = literature.literature(fam, [Reported("d", 2 * det["d"], "Big et al."), Reported("d", -det["d"] / 2, "Small"),
+                                    Reported("e", 0.0, "Flat"), Reported("e", 0.029, "Almost"),
+                                    Reported("s", 1.0, "All")])
+    assert list(t["detectable"]) == [True, False, True, False, True]
+    assert t["seeds"].iloc[1] == math.ceil(5 * 2 ** 2) and math.isnan(t["seeds"].iloc[4])
+    text = literature.literature_sentence(t)
+    assert text.startswith("Big et al.: an effect of that size") and "is detectable at these seeds" in text
+    assert "Small: an effect of that size" in text and "not detectable at these seeds (the test detects" in text
+    assert "about 20 runs per condition would" in text
+    assert "flatness within the margin of ±3.0 points is establishable" in text
+    assert literature.literature_sentence(literature.literature(fam, ()), "none reported") == "none reported"
+
+
+def test_every_reported_effect_names_a_row_of_its_family():
+    """Each study's `reported` (what the literature reports) sizes rows its family has, on the tests' tables."""
+    lr = learning_rate.tabulate(lr_runs(), 0.7)
+    init = init_table([("none", s, 1e-5, 0.1) for s in (1e-4, 1.0)])
+    drift = pd.DataFrame([{"norm": n, "seed": s, "layer": "norm3", "median_shift": 1.0 + 0.1 * s,
+                           "spread_change": 0.5} for n in ("none", "batch", "layer") for s in range(5)])
+    land = pd.DataFrame([{"norm": n, "seed": s, "loss_range": 1 + s, "grad_change": 1 + s, "beta": 1 + s}
+                         for n in ("none", "batch", "layer") for s in range(5)])
+    rnn = pd.DataFrame([{"norm": n, "seed": s, "val_error": 0.3 + 0.01 * s} for n in ("none", "batch", "layer")
+                        for s in range(5)])
+    cases = [(batch_size.family(bs_table(), 0.03), batch_size.reported()),
+             (learning_rate.family(lr, [1.0, 3.0]), learning_rate.reported()),
+             (init_scale.family(init, 0.5, 1e-5, 0.1), init_scale.reported([1e-4, 1.0], 0.5, 0.1)),
+             (activation_drift.family(drift), activation_drift.reported(drift)),
+             (landscape.family(land), landscape.reported()),
+             (regularization.family(pd.DataFrame(columns=["norm", "condition", "val_error", "gap"])),
+              regularization.reported()),
+             (recurrent.family(rnn), recurrent.reported()),
+             (common.family(claims.batch_claim_rows(bs_table())), claims.reported())]
+    for fam, reported in cases:
+        assert {r.key for r in reported} <= set(fam["key"])
+        t = literature.literature(fam, reported)
+        assert len(t) == len(reported) and (t.empty or t["detectable"].dtype == bool)
+    assert [r.effect for r in init_scale.reported([1e-4, 1.0], 0.5, 0.1)] == pytest.approx([-0.3, -0.3])
+    assert activation_drift.reported(drift)[0].effect == pytest.approx(1.2)  # the control's own drift
+
+
+SIZED = ("study_batch_size", "study_learning_rate", "study_init_scale", "study_activation_drift", "study_landscape",
+         "study_regularization", "study_recurrent", "study_claims")  # sized against their literature (issue 20)
+
+
+def markdown(name):
+    import nbformat
+    from normlib.paths import notebooks_dir
+    return "\n".join(c.source for c in nbformat.read(notebooks_dir() / f"{name}.ipynb", as_version=4).cells
+                     if c.cell_type == "markdown")
+
+
+def test_every_study_page_states_what_it_can_detect():
+    """Every study page prints the smallest effect its tests detect at its seeds (glued from its family)."""
+    for name in STUDIES:
+        text = markdown(name)
+        assert "{glue:text}`detectable_text:s`" in text or "_detectable:s`" in text, name
+
+
+def test_every_sized_study_states_whether_the_literatures_effect_is_detectable():
+    """The studies sized against their literature declare what it reports (reported) and their pages say
+    whether it is detectable at their seeds; so does any other study that declares reported."""
+    assert set(SIZED) <= set(STUDIES)
+    for name, module in STUDIES.items():
+        if name in SIZED or hasattr(module, "reported"):
+            assert callable(module.reported) and "{glue:text}`literature_text:s`" in markdown(name), name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,6 +583,24 @@ def test_recurrent_family():
     assert f.loc["rnn_bn_vs_none", "verdict"] == "supported"
     trials = recurrent.trials({"seeds": [0, 1], "rnn_hidden": 16, "train_size": 64, "val_size": 64, "batch_size": 32})
     assert {t.model for t in trials} == {"rnn"} and {t.config.hidden for t in trials} == {(16,)}
+
+
+def test_recurrent_plateau_evidence_per_norm():
+    """Each run's change of the validation loss over the last quarter of its steps, as the main comparison's
+    plateau table and sentence read it: a median run within 2% plateaued, else still falling."""
+    from normlib import steps
+
+    def run(norm, seed, losses):
+        return History(config={"norm": norm, "seed": seed, "epochs": 1, "max_steps": 0, "evals_per_epoch": 4},
+                       val_loss=losses, val_acc=[0.5] * 4, eval_step=[25, 50, 75, 100], steps_per_epoch=100)
+    hs = [run(n, s, [1.0, 0.8, 0.70, 0.69 - 0.001 * s]) for n in ("none", "layer") for s in range(3)]
+    hs += [run("batch", s, [1.0, 0.8, 0.70, 0.60]) for s in range(3)]
+    changes = recurrent.plateaus(hs)
+    assert list(changes.columns) == ["arch", "norm", "seed", "last_quarter_change"] and len(changes) == 9
+    assert changes["last_quarter_change"].iloc[0] == pytest.approx(math.log(0.69 / 0.70))
+    table = steps.plateau_table(changes).set_index("condition")
+    assert table.loc["layer norm"].iloc[-1] == "plateaued" and table.loc["batch norm"].iloc[-1] == "still falling"
+    assert steps.plateau_text(changes).startswith("not every condition plateaued: RNN batch norm still falling")
 
 
 # ---------------------------------------------------------------------------------------------

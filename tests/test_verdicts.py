@@ -126,8 +126,14 @@ def test_no_hedges_g_when_a_group_has_no_spread():
     assert row["verdict"] == "batch norm lower" and math.isnan(row["hedges_g"])
     assert abs(metrics.welch(t.loc[t.norm == "batch", "steps_to_level"],
                              t.loc[t.norm == "none", "steps_to_level"])["g"]) > 10  # what the old table showed
-    both = verdicts.primary_table(study()).set_index(["measure", "first", "second"])
+    # spread on both sides and overlapping groups: g is given (study()'s steps lie ~9 SDs apart, beyond the
+    # rule's |g| <= 4 of normlib.stats.effect_size, so this fixture spreads them wider)
+    wide = pd.DataFrame(runs("mlp", "batch", steps_to_level=jitter(400, 400)) +
+                        runs("mlp", "none", steps_to_level=jitter(700, 400)))
+    both = verdicts.primary_table(wide).set_index(["measure", "first", "second"])
     assert both.loc[("steps_to_level", "batch", "none"), "hedges_g"] < 0  # spread on both sides: g is given
+    assert math.isnan(verdicts.primary_table(study()).set_index(["measure", "first", "second"])
+                      .loc[("steps_to_level", "batch", "none"), "hedges_g"])  # groups far apart: no g
 
 
 def test_too_few_runs_is_not_established():

@@ -3,7 +3,9 @@ at the input *to* the normalization and at the sigmoid's input (which the normal
 construction), in a three-layer sigmoid MLP.
 
 The page's family: each norm against no normalization on both drift measures (how far the median moved,
-how much the spread changed) of the input to the normalization.
+how much the spread changed) of the input to the normalization; what the literature reports for batch
+norm's rows (`reported`: Ioffe & Szegedy's Fig. 1 shows the drift removed, in a figure without a number, so
+the size is the control's own drift, measured here).
 """
 from types import SimpleNamespace
 
@@ -16,6 +18,7 @@ from normlib.metrics import completed_curve
 from normlib.report import glue_figure, glue_values
 from normlib.studies import common
 from normlib.studies.common import NORMS, difference, final_error, glue_family, level_text, runs_text, seed_count
+from normlib.studies.literature import Reported, glue_literature
 from normlib.train import TrainConfig
 from normlib.trials import run_trials, trial
 
@@ -83,6 +86,18 @@ def family(table):
     return common.family(rows)
 
 
+def reported(table):
+    """The effect behind Ioffe & Szegedy's Fig. 1b-c, taken at the input to the normalization: batch norm
+    removes the drift, a difference as large as the control's own drift (its mean over runs, measured here;
+    the figure gives no number)."""
+    t = table[(table["layer"] == "norm3") & (table["norm"] == "none")]
+    first = ("Ioffe & Szegedy (2015, Fig. 1b-c) show the percentiles drifting without batch norm and steady with it, "
+             "in a figure without a number; the drift removed is a difference as large as the control's own drift "
+             "(measured here), ")
+    return tuple(Reported(f"drift_{m}_batch", float(t[m].mean()),
+                          (first if i == 0 else "") + f"for the {m.replace('_', ' ')}") for i, m in enumerate(METRICS))
+
+
 def page(P):
     """The drift page. Glues the family, each measure per norm and layer, n_*, figures fig_drift (the
     normalization's input and the sigmoid's for one unit and seed) and fig_drift_measures."""
@@ -90,6 +105,7 @@ def page(P):
     table = tabulate(results)
     fam = family(table)
     glue_family(fam)
+    glue_literature(fam, reported(table))
     unit = min(P["unit"], 99)
     glue_values({**seed_count(P), "drift_unit": unit, "drift_seed": P["seeds"][0], "drift_runs": runs_text(results),
                  "drift_steps": len(results[0].history.step_loss), "drift_n_diverged": int(table["diverged"].sum() / 2),

@@ -5,7 +5,7 @@ networks as much as ReLU ones; (5) very small batches make normalization noisy a
 
 Claims 1 and 4 share one set of runs (position_trials), claim 2 has its own (together_trials), and
 claims 3 and 5 read the batch-size study's runs (normlib.studies.batch_size). One family over every
-claim, Holm-adjusted together.
+claim, Holm-adjusted together; what the literature reports for claim 3 (`reported`: Wu & He 2018).
 """
 import math
 from types import SimpleNamespace
@@ -20,8 +20,9 @@ from normlib.metrics import CHANCE_ACC, completed_curve, mean_ci
 from normlib.report import glue_figure, glue_values
 from normlib.stats import finite, mean_se
 from normlib.studies import batch_size, common
-from normlib.studies.common import (NORMS, claim_words, difference, final_error, glue_family, level_text,
-                                    margin_text, noninferior, runs_text, seed_count, spread)
+from normlib.studies.common import (NORMS, claim_words, difference, final_error, glue_family, level_text, margin_text,
+                                    noninferior, runs_text, seed_count, spread)
+from normlib.studies.literature import Reported, glue_literature
 from normlib.trials import run_trials, trial
 
 BOTH = "batch+layer"  # the network with both norms in every block (normlib.models.batch_and_layer)
@@ -170,6 +171,18 @@ def batch_claim_rows(table):
     return rows
 
 
+def reported():
+    """Wu & He (2018; ResNet-50 on ImageNet, the shape to reproduce, not the values) for claim 3: Fig. 1, batch
+    norm's error 23.6% at 32 images per batch and 34.7% at 2, group norm's (no batch statistics, like layer norm)
+    about 24.1% at both; Table 1, at 32: batch norm 23.6%, layer norm 25.3%."""
+    return (Reported("claim_batch_bn_large", 0.111, "Wu & He (2018, Fig. 1) report batch norm's error 11.1 points "
+                     "lower at 32 images per batch than at 2"),
+            Reported("claim_batch_ln_small", 0.106, "at 2 images per batch, group norm's error (no batch statistics, "
+                     "like layer norm) about 10.6 points below batch norm's"),
+            Reported("claim_batch_bn_at_large", 0.017, "at 32, batch norm's error 1.7 points below layer norm's (their "
+                     "Table 1)"))
+
+
 # ---------------------------------------------------------------------------------------------
 # the page
 
@@ -214,6 +227,7 @@ def page(P):
     fam = common.family(position_rows(grads, P["grad_factor"]) + activation_rows(grads, P["margin"])
                         + together_rows(gaps, P["margin"]) + batch_claim_rows(batch))
     glue_family(fam)
+    glue_literature(fam, reported())
     acts = [a for a in P["activations"] if a in ("relu", "sigmoid")]
     glue_values({
         **seed_count(P), "claims_runs": runs_text(results), "grad_factor": float(P["grad_factor"]),

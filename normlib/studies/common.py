@@ -8,8 +8,12 @@ equivalence, the smallest margin it could establish), and a verdict worded no st
 a difference is "supported" / "contradicted" only with a Holm-adjusted p < 0.05 in the direction the claim
 predicts / the opposite one, else "not established"; an equivalence ("flat", "no more than") needs two
 one-sided tests within a stated margin (TOST, Schuirmann 1987), else "not established". The effect size
-of a difference follows one rule, `standardized_effect`: Hedges' g only when both groups spread. A run
-that diverged counts at chance (the failure rule of normlib.metrics.completed_curve), never dropped.
+of a difference follows the report's one rule, normlib.stats.effect_size (through `standardized_effect`):
+Hedges' g only when both groups spread and overlap (|g| <= 4), else the raw difference and its interval
+alone. A run that diverged counts at chance (the failure rule of normlib.metrics.completed_curve), never
+dropped.
+
+What the literature reports for a family's key rows, against what its tests detect: normlib.studies.literature.
 """
 import math
 
@@ -25,7 +29,7 @@ from normlib.stats import (ALPHA, POWER, detectable, detectable_share, finite, h
 from normlib.train import TrainConfig
 
 NORMS = ("none", "batch", "layer")  # the conditions of every study
-RESOLUTION = 1e-9  # a group whose SD is at or below this has no spread: no standardized effect
+RESOLUTION = 1e-9  # a group whose SD is at or below this has no spread: no standardized effect (stats.effect_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,8 +92,8 @@ def p_text(p):
 def standardized_effect(a, b):
     """The comparison of two samples behind a difference row, and the one rule for its effect size:
     mean(a) - mean(b) with its Welch 95% interval and Welch's p (normlib.verdicts.compare), Hedges' g only
-    when both samples spread (SD above RESOLUTION), else NaN. Keys: diff, diff_lo, diff_hi, p, hedges_g,
-    n_first, n_second (finite values of a and b)."""
+    where normlib.stats.effect_size shows one (both samples spread, SD above RESOLUTION, and overlap, |g| <= 4),
+    else NaN. Keys: diff, diff_lo, diff_hi, p, hedges_g, n_first, n_second (finite values of a and b)."""
     ga, gb = (pd.DataFrame({"value": finite(x), "diverged": False}) for x in (a, b))
     return verdicts.compare(ga, gb, "value", verdicts.Measure("", "", True, RESOLUTION, column="value"))
 
@@ -190,6 +194,7 @@ def family(rows, alpha=ALPHA):
     if t.empty:
         return t
     t["p_holm"] = holm(t["p"])
+    t["family_size"] = len(t)  # Holm's first level is alpha / family_size
     t["detectable"] = [_detectable(r, alpha / len(t)) for r in t.itertuples()]
     words, texts = [], []
     for r in t.itertuples():
@@ -238,14 +243,33 @@ def family_table(fam):
                           "verdict": r.verdict} for r in fam.itertuples()])
 
 
-def detectable_sentence(fam):
-    """One line for the page: what its tests can detect at these seeds (the family table has each)."""
+def detectable_sentence(fam, listed=8):
+    """One line for the page: what its tests can detect at these seeds, row by row for up to `listed` rows, else
+    the range per unit (the family table has each). The level is each family's alpha / m (a page may join
+    several families, each Holm-adjusted over itself)."""
     rows = [r for r in fam.itertuples() if np.isfinite(r.detectable)]
     if not rows:
         return "no test of this page has a stated power (tests of spread only)"
-    parts = [f"{r.question}: {detectable_text(r.detectable, r.unit, r.power_kind)}" for r in rows]
-    return (f"with {POWER:.0%} power at the level Holm's first step uses ({ALPHA:g} / {len(fam)}), from the spread "
+    sizes = sorted({int(m) for m in fam.get("family_size", [len(fam)])}, reverse=True)
+    level = f"{ALPHA:g} / {sizes[0]}" if len(sizes) == 1 else f"{ALPHA:g} / m, m = {list_text(sizes)} in its family"
+    if len(rows) <= listed:
+        parts = [f"{r.question}: {detectable_text(r.detectable, r.unit, r.power_kind)}" for r in rows]
+    else:
+        parts = []
+        for unit in dict.fromkeys(r.unit for r in rows):
+            for kinds in (("equivalence",), ("two-sided", "one-sided", "shares")):
+                x = [r for r in rows if r.unit == unit and r.power_kind in kinds]
+                if x:
+                    lo, hi = min(x, key=lambda r: r.detectable), max(x, key=lambda r: r.detectable)
+                    parts.append(f"{detectable_text(lo.detectable, unit, lo.power_kind)} to "
+                                 f"{detectable_text(hi.detectable, unit, hi.power_kind)} ({len(x)} tests"
+                                 f"{', margins' if kinds == ('equivalence',) else ''}{UNIT_WORDS.get(unit, '')})")
+        parts[-1] += "; the table gives each test's"
+    return (f"with {POWER:.0%} power at the level Holm's first step uses ({level}), from the spread "
             f"observed across seeds, these tests detect true effects of at least: " + "; ".join(parts))
+
+
+UNIT_WORDS = {"plain": ", in the unit of the measure", "loss": ", in loss", "ratio": ""}
 
 
 def glue_family(fam, prefix=""):

@@ -4,7 +4,8 @@ against the variance of their input, and the dimensions of the representation en
 
 The page's families, each Holm-adjusted over itself: which scales train (per norm and scale, a mean best
 validation accuracy established above the threshold plus a margin, or below it minus the margin), and
-the epsilon (does a smaller epsilon raise the accuracy at the small scales).
+the epsilon (does a smaller epsilon raise the accuracy at the small scales); what the literature reports for
+the control at the extreme scales (`reported`: cs231n, the network without normalization fails there).
 """
 import math
 from dataclasses import replace
@@ -20,8 +21,9 @@ from normlib.metrics import CHANCE_ACC, completed_curve, mean_ci
 from normlib.report import glue_figure, glue_values
 from normlib.stats import finite, mean_se
 from normlib.studies import common
-from normlib.studies.common import (NORMS, difference, glue_family, level_text, list_text, margin_text, points, runs_text,
-                                    seed_count)
+from normlib.studies.common import (NORMS, difference, glue_family, level_text, list_text, margin_text, points,
+                                    runs_text, seed_count)
+from normlib.studies.literature import Reported, glue_literature
 from normlib.train import TrainConfig
 from normlib.trials import run_trials, trial
 
@@ -97,6 +99,18 @@ def family(table, threshold, default_eps, margin=0.0):
     return pd.concat([common.family(rows), common.family(eps_rows)], ignore_index=True)
 
 
+def reported(scales, threshold, margin):
+    """cs231n (assignment 2, batch normalization): without normalization the deep network fails at the
+    extreme scales of the sweep, its best validation accuracy at chance (10%), while batch norm trains over most
+    of it. The rows "no normalization at the smallest / largest scale trains" then lie below the lower boundary
+    of the indifference zone by threshold - margin - 10%."""
+    size = threshold - margin - CHANCE_ACC
+    return tuple(Reported(f"init_none_{scale_key(s)}", -size, f"cs231n's sweep finds the network without "
+                          f"normalization failing at {end} scale (at chance, 10%), {margin_text(size)} below the "
+                          f"lower boundary of {points(threshold - margin, False)}, at scale {s:g}")
+                 for end, s in (("the smallest", min(scales)), ("the largest", max(scales))))
+
+
 def zone_p(x, threshold, margin):
     """p that the mean lies beyond threshold +- margin on the side of the sample mean: 2 x the one-sided
     one-sample t-test against that boundary (at most 1); a sample without spread gives 0 when it lies
@@ -137,6 +151,7 @@ def page(P):
     eps0 = TrainConfig().norm_eps
     fam = family(table, P["acc_threshold"], eps0, P["margin"])
     glue_family(fam)
+    glue_literature(fam, reported(P["init_scales"], P["acc_threshold"], P["margin"]))
     main = table[table["eps"] == eps0]
     small, large = float(main["init_scale"].min()), float(main["init_scale"].max())
     at = lambda n, s, col, e=eps0: table[(table["norm"] == n) & (table["init_scale"] == s) & (table["eps"] == e)][col]  # noqa: E731

@@ -3,7 +3,8 @@ tuning runs, extended to rates above its grid; a rate "trains" when the run reac
 accuracy.
 
 The page's family, declared before the runs: at the rates above the main grid, does each norm train in
-more runs than no normalization (Fisher's exact test, one-sided; Holm over the two).
+more runs than no normalization (Fisher's exact test, one-sided; Holm over the two); what the literature
+reports for batch norm's row (`reported`: Ioffe & Szegedy 2015).
 """
 import math
 from types import SimpleNamespace
@@ -18,6 +19,7 @@ from normlib.protocol import read_record
 from normlib.report import glue_figure, glue_values
 from normlib.studies import common
 from normlib.studies.common import NORMS, glue_family, level_text, list_text, margin_text, points, runs_text
+from normlib.studies.literature import Reported, glue_literature
 from normlib.trials import run_trials
 
 
@@ -91,6 +93,15 @@ def family(table, extra_lrs):
     return common.family(rows)
 
 
+def reported():
+    """Ioffe & Szegedy (2015, sec. 3.3 and 4.2.1): batch norm "enables higher learning rates"; their batch-normalized
+    Inception trains at 5 and 30 times the baseline's rate, and they report no baseline run at those rates. The claim
+    in full: at such rates every run trains with batch norm and none without, a rise of 100 points in the share."""
+    return (Reported("lr_higher_batch", 1.0, "Ioffe & Szegedy (2015, sec. 4.2.1) train batch-normalized Inception at 5 "
+                     "and 30 times the baseline's rate, with no baseline run there; the claim in full, every run "
+                     "training with batch norm and none without, is a rise of 100 points in the share that trains"),)
+
+
 def page(P):
     """The learning-rate page. Glues lr_* (per norm: best rate, rates near it, usable rates, their top,
     failed and stuck runs), the family, n_shared / n_trials, the figure fig_learning_rate."""
@@ -99,6 +110,7 @@ def page(P):
     table = tabulate([r.history for r in results], P["acc_threshold"])
     fam = family(table, P["extra_lrs"])
     glue_family(fam)
+    glue_literature(fam, reported())
     glue_values({**findings(table, P["lr_margin"]), "n_trials": len(results), "n_shared": shared,
                  "n_seeds": int(table.groupby(["norm", "lr"]).size().min()),
                  "n_seeds_extra": int(table[table["lr"].isin(P["extra_lrs"])].groupby(["norm", "lr"]).size().min()),

@@ -3,7 +3,8 @@ networks with weight decay, with dropout and with neither, on a small training s
 overfit; each run evaluates the training set at the end for the generalization gap.
 
 The page's family: per norm and regularizer, does adding it lower the validation error, and does it
-narrow the gap, of the normalized network.
+narrow the gap, of the normalized network. No source reports a size for these effects (`reported` is empty):
+Ioffe & Szegedy (2015, sec. 4.2.1) removed dropout from batch-normalized Inception without a controlled test.
 """
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from normlib.report import glue_figure, glue_values
 from normlib.studies import common
 from normlib.studies.claims import gap_table
 from normlib.studies.common import NORMS, difference, glue_family, level_text, list_text, runs_text, seed_count
+from normlib.studies.literature import glue_literature
 from normlib.trials import run_trials, trial
 
 REGULARIZERS = ("none", "weight decay", "dropout")
@@ -50,6 +52,16 @@ def family(table):
     return common.family(rows)
 
 
+def reported():
+    """None: the tutorial's claim comes without a size, and Ioffe & Szegedy (2015, sec. 4.2.1) only report removing
+    dropout from batch-normalized Inception, without a run that keeps it."""
+    return ()
+
+
+NO_SIZE = ("no source reports a size for these effects (Ioffe & Szegedy 2015, sec. 4.2.1, removed dropout from "
+           "batch-normalized Inception without a run that keeps it)")
+
+
 def words(fam, norm):
     """'validation error lowered by dropout (not established for weight decay); gap narrowed by ...'."""
     got = dict(zip(fam["key"], fam["verdict"]))
@@ -72,6 +84,7 @@ def page(P):
     table = gap_table(planned, results, condition=regularizer_of)
     fam = family(table)
     glue_family(fam)
+    glue_literature(fam, reported(), none=NO_SIZE)
     values = {**seed_count(P), "reg_runs": runs_text(results), "reg_weight_decay": float(P["weight_decay"]),
               "reg_dropout": float(P["dropout"]), "reg_steps": int(max(len(r.history.step_loss) for r in results)),
               "reg_train_size": P["train_size"]}
