@@ -132,7 +132,7 @@ def load(path, t=None):
     trial's: then it is computed again."""
     try:
         d = json.loads(Path(path).read_text())
-        if t is not None and d["trial"] != as_trial(t).to_dict():
+        if t is not None and d["trial"] != json.loads(json.dumps(as_trial(t).to_dict())):  # as stored: tuples as lists
             return None
         return Result(History.from_dict(d["history"]), d["probe"], d["ran_on"], cached=True)
     except (OSError, ValueError, TypeError, KeyError, AttributeError):

@@ -380,7 +380,7 @@ def test_progress_in_a_log_and_the_final_summary(book):
     assert "\x1b[K" not in proc.stdout and "\r" not in proc.stdout  # no terminal control codes in a log
     assert "[1/2] alpha ... done in" in proc.stdout and "12 trials trained, 0 reused" in proc.stdout
     summary = lines[lines.index(next(l for l in lines if l.startswith("notebook "))):]
-    assert summary[1].split()[:2] == ["alpha", "executed"] and summary[1].split()[-2:] == ["12", "0"]
+    assert summary[1].split()[:2] == ["alpha", "executed"] and summary[1].split()[-3:] == ["12", "0", "0"]  # trained, reused, shared
     # the same notebook again (--rerun): every trial comes from the cache
     again = run_pipeline(book, "--no-book", "--rerun", "--only", "alpha")
     assert again.returncode == 0, again.stdout + again.stderr

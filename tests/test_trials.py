@@ -239,6 +239,9 @@ def test_probed_trials_run_and_cache_like_plain_ones(tmp_path, count_training):
     assert len(count_training) == 2 and all(r.cached for r in again)
     assert [r.history.step_loss for r in again] == [r.history.step_loss for r in first]
     assert [r.probe for r in again] == [r.probe for r in first]
+    listed = [trials.trial(config, "drift", every=2, probe_size=64, layers=["norm1", "act1"])]  # a list-valued option
+    trials.run_trials(listed, workers=1, cache=tmp_path, progress=False)
+    assert all(r.cached for r in trials.run_trials(listed, workers=1, cache=tmp_path, progress=False))  # read back
 
 
 def test_progress_file_counts_cached_and_trained_trials(tmp_path, monkeypatch, baseline):

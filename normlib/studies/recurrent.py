@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from normlib import figures, metrics, steps
+from normlib import conclusions, figures, metrics, steps
 from normlib.data import N_TRAIN
 from normlib.figures import norm_label
 from normlib.metrics import CHANCE_ACC, completed_curve
@@ -72,6 +72,8 @@ def page(P):
                            if not completed_curve(h).failed else 1 - CHANCE_ACC} for h in hs])
     fam = family(table)
     glue_family(fam)
+    conclusions.write("study_recurrent", conclusions.from_family(fam, "rnn", "final validation error", {
+        "rnn_ln_vs_none": ("layer", "none"), "rnn_ln_vs_bn": ("layer", "batch"), "rnn_bn_vs_none": ("batch", "none")}))
     glue_literature(fam, reported())
     changes = plateaus(hs)
     glue_values({**seed_count(P), "rnn_runs": runs_text(results), "rnn_steps": int(max(len(h.step_loss) for h in hs)),
