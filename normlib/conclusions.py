@@ -26,6 +26,8 @@ FIRMNESS = ("confirmed on fresh seeds", "established (Holm), not confirmed on fr
             "supported in a study (Holm)", "not established")
 LABELS = {"none": "no normalization", "batch": "batch norm", "layer": "layer norm"}
 NETWORKS = {"mlp": "MLP", "cnn": "CNN", "rnn": "RNN (row by row)", "vit": "vision transformer"}
+PAGE_OF = {"mlp": "step5_comparison", "cnn": "step5_comparison", "rnn": "study_recurrent", "vit": "study_transformer"}
+NOT_RECORDED = "no verdicts recorded"
 
 
 def record_path(notebook):
@@ -98,9 +100,18 @@ def favoured(rows):
 
 
 def network_table(rows):
-    """One row per network: the normalization the evidence favours, how firmly, and the verdicts behind it."""
+    """One row per network (every kind in NETWORKS, then any other recorded): the normalization the evidence
+    favours, how firmly, and the verdicts behind it. A network whose page has not run yet (or left no record)
+    keeps its row, saying so and naming the page."""
     out = []
-    for network, g in rows.groupby("network", sort=False):
+    groups = dict(list(rows.groupby("network", sort=False)))
+    for network in [*NETWORKS, *(n for n in groups if n not in NETWORKS)]:
+        if network not in groups:
+            out.append({"network": NETWORKS[network], "the evidence favours": NOT_RECORDED, "how firmly": NOT_RECORDED,
+                        "batch against layer norm": NOT_RECORDED,
+                        "verdicts behind it": f"run {PAGE_OF[network]} first: it records them", "source": ""})
+            continue
+        g = groups[network]
         best, firm, evidence = favoured(g)
         bn_ln = g[[{a, b} == {"batch", "layer"} and w != "" for a, b, w in zip(g["first"], g["second"], g["winner"])]]
         out.append({"network": NETWORKS.get(network, network),
@@ -120,6 +131,8 @@ def page():
 
     t = network_table(read(SOURCES))
     report.glue_html("network_table", report.table_html(t.drop(columns=["source"])))
-    report.glue_values({"n_networks": len(t), "n_favoured": int((t["the evidence favours"] != "no condition over the others").sum()),
-                        "networks_text": ", ".join(t["network"])})
+    recorded = t[t["the evidence favours"] != NOT_RECORDED]
+    report.glue_values({"n_networks": len(recorded),
+                        "n_favoured": int((recorded["the evidence favours"] != "no condition over the others").sum()),
+                        "networks_text": ", ".join(recorded["network"]) or "none recorded yet"})
     return t

@@ -255,6 +255,8 @@ def run_trials(items, *, workers=0, scheduler=None, force=False, cache=None, pro
     for i, r in enumerate(results):
         if r is None:
             todo.setdefault(keys[i], []).append(i)
+    if todo and executor.kind != "in-process":
+        check_workers(executor)  # before any lock or entry is written: a refused pool leaves nothing behind
     bar = Progress(len(trials), len(trials) - sum(map(len, todo.values())), show=progress)
     since = time.time() if force else 0.0  # with force, only entries written during this call count
     try:
@@ -309,8 +311,6 @@ def _wait_for_others(todo, trials, folder, results, bar, since=0.0):
 def _compute(keys, todo, trials, devices, executor, folder, results, bar):
     """Compute the trials of `keys` (claimed by this process) on the executor; as each arrives, write its
     entry, give its key up and fill `results` (the key leaves `todo`)."""
-    if executor.kind != "in-process":
-        check_workers(executor)
     expect = environment()
     jobs = [{"trial": trials[todo[k][0]].to_dict(), "device": devices[todo[k][0]], "threads": THREADS,
              "expect": expect} for k in keys]

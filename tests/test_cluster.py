@@ -230,7 +230,10 @@ def test_the_pipeline_sends_trials_to_the_cluster_and_names_the_workers(cluster,
     record = json.loads((results / "steps" / "step1_bn_training.json").read_text())
     proto, norms = Protocol.from_params(record["protocol"]), record["norms"]
     lrs = {(r["arch"], r["norm"]): r["lr"] for r in record["lrs"]}
-    planned = proto.tuning(norms) + proto.runs(norms, lrs) + proto.runs(norms, lrs, "confirm")
+    tuning = [proto.config(r["arch"], r["norm"], r["lr"], seed, budget=r["budget"]) for r in record["rungs"]
+              for seed in proto.tuning_seeds]  # every rung of successive halving, at its share of the steps
+    assert tuning and {r["budget"] for r in record["rungs"]} == set(proto.tuning_budgets)
+    planned = tuning + proto.runs(norms, lrs) + proto.runs(norms, lrs, "confirm")
     expected = {json.dumps(c.to_dict(), sort_keys=True) for c in planned}
     cached = [json.loads((results / "trials" / name).read_text()) for name in entries(results / "trials")]
     assert len(cached) == len(expected) > 0

@@ -49,8 +49,12 @@ def test_the_table_has_a_row_per_network_and_the_head_to_head(tmp_path, monkeypa
                                            {"network": "cnn", "criterion": "final loss", "first": "layer",
                                             "second": "none", "winner": "", "firmness": NONE}])
     t = conclusions.network_table(conclusions.read(["step5_comparison", "study_absent"]))
-    assert list(t["network"]) == ["CNN"] and t.iloc[0]["the evidence favours"] == "batch norm"
-    assert t.iloc[0]["how firmly"] == CONF and t.iloc[0]["batch against layer norm"] == "batch norm (final loss)"
+    assert list(t["network"]) == list(conclusions.NETWORKS.values())  # every kind keeps its row
+    cnn = t.set_index("network").loc["CNN"]
+    assert cnn["the evidence favours"] == "batch norm" and cnn["source"] == "step5_comparison"
+    assert cnn["how firmly"] == CONF and cnn["batch against layer norm"] == "batch norm (final loss)"
+    vit = t.set_index("network").loc["vision transformer"]  # its page has not run: said so, and which page
+    assert vit["the evidence favours"] == conclusions.NOT_RECORDED and "study_transformer" in vit["verdicts behind it"]
     with pytest.raises(ValueError, match="firmness"):
         conclusions.write("x", [{"network": "mlp", "criterion": "c", "first": "a", "second": "b", "winner": "a",
                                  "firmness": "very"}])
