@@ -39,9 +39,10 @@ noise about the neighbours, not about the code. Set-up and evaluation are outsid
 steps for every loop alike; normlib's per-step loss and gradient-norm recording is inside.
 This is a measurement, not a test: the exit status is 0 whether or not a target holds.
 
-6. the levers that pay for the default profile's budget: fewer validation evaluations per epoch, successive
-   halving against the full grid, one owner per trial key against two notebooks training the same trials,
-   and where a training step spends its time (levers.py).
+6. the levers that pay for the default profile's budget: fewer validation evaluations per epoch, the CNN's
+   first convolution on normlib's kernel against oneDNN's, successive halving against the full grid, one
+   owner per trial key against two notebooks training the same trials, and where a training step spends
+   its time (levers.py).
 
 One file per measurement, each read top to bottom: timing.py (the machine, the shared settings, lockstep,
 alternate, result and the printed line), training.py (1), layers.py (2), peak.py (3), grid.py (4),
@@ -71,7 +72,7 @@ from training import bench_training  # noqa: E402
 from layers import bench_layers, builtin_layer_norm_vs_groupnorm, python_floor  # noqa: E402
 from peak import bench_peak, train_flops_per_example  # noqa: E402
 from grid import bench_grid  # noqa: E402
-from levers import bench_evaluations, bench_halving, bench_owners, step_profile  # noqa: E402
+from levers import bench_evaluations, bench_first_conv, bench_halving, bench_owners, step_profile  # noqa: E402
 from profiles import bench_profiles, profile_line  # noqa: E402
 
 
@@ -132,6 +133,7 @@ def main(argv=None):
                     lambda: bench_grid(4 if args.quick else 16, 1 if args.quick else 3, 2000 if args.quick else 20000),
                     # the levers that pay for the default profile's budget (levers.py)
                     lambda: bench_evaluations(full, device, 40 if args.quick else 430, 2 if args.quick else 4),
+                    lambda: bench_first_conv(data, device, calls, warm),
                     bench_halving,
                     lambda: bench_owners(4 if args.quick else 8, 2000 if args.quick else 20000)):
         for name, r in section().items():

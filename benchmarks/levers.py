@@ -10,7 +10,10 @@
    notebooks of a run), sharing the results folder (each trial has one owner and is trained once) against
    each with a folder of its own (each trains every trial), on one pool of two workers: the ratio of wall times;
 4. the step (context): where a training step of each network spends its time (torch.profiler, self time of
-   the matrix products and convolutions over the whole step), the reason the trainer does not batch seeds.
+   the matrix products and convolutions over the whole step), the reason the trainer does not batch seeds;
+5. the CNN's first convolution (cnn_first_conv): a training step of the CNN at the default widths, its conv1
+   on normlib's C++ kernel (models.FirstConv), against the same step with conv1 a plain nn.Conv2d (oneDNN),
+   alternated (A B, B A, ...): the ratio of their step times.
 """
 import dataclasses
 import json
@@ -30,7 +33,7 @@ from normlib.pipeline.plan import load_profile
 from normlib.protocol import Protocol
 from normlib.train import TrainConfig, make_optimizer, train
 from peak import profile_widths
-from timing import BATCH, result
+from timing import BATCH, LR, MOMENTUM, alternate, result
 
 
 def bench_evaluations(data, device, steps, repeats):
@@ -38,6 +41,7 @@ def bench_evaluations(data, device, steps, repeats):
     `steps` batches) with its evaluations per epoch and with 8, alternated; ratio of wall times."""
     main = load_profile("default")[2]["main"]
     evals = main.get("evals_per_epoch", 2)
+    steps = min(steps, len(data.x_train) // BATCH)  # at most one epoch of the training split
     n = steps * BATCH
     small = dataclasses.replace(data, x_train=data.x_train[:n], y_train=data.y_train[:n])
     out = {}
@@ -138,3 +142,41 @@ def step_profile(data, device, steps=30):
         heavy = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
         out[arch] = heavy / total if total else float("nan")
     return out
+
+
+def cnn_step(config, x, y, device, plain_conv1=False):
+    """One training step of the CNN of `config` per call, on batches drawn in turn from (x, y): the model as
+    the trainer builds it (conv1 on normlib's kernel on CPU) or, with plain_conv1, the same weights with conv1
+    a plain nn.Conv2d (oneDNN)."""
+    from torch import nn
+
+    torch.manual_seed(config.seed)
+    model = from_config(config).to(device).train()
+    if plain_conv1:
+        plain = nn.Conv2d(1, model.conv1.out_channels, 3, padding=1).to(device)
+        plain.load_state_dict(model.conv1.state_dict())
+        model.conv1 = plain
+    opt = make_optimizer(config, model.parameters())
+    batches = len(x) // BATCH
+    count = iter(range(10 ** 9))
+
+    def step():
+        i = next(count) % batches
+        loss = F.cross_entropy(model(x[i * BATCH:(i + 1) * BATCH]), y[i * BATCH:(i + 1) * BATCH])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def bench_first_conv(data, device, calls, warm):
+    """A training step of the CNN + batch norm at the default widths with conv1 on normlib's kernel against the
+    same step with conv1 an nn.Conv2d, alternated: ratio of step times."""
+    widths = profile_widths()["cnn"]
+    config = TrainConfig(arch="cnn", norm="batch", batch_size=BATCH, lr=LR, momentum=MOMENTUM, device=device, **widths)
+    x, y = data.x_train[:BATCH * 50].to(device), data.y_train[:BATCH * 50].to(device)
+    t = alternate({"ours": cnn_step(config, x, y, device), "reference": cnn_step(config, x, y, device, True)},
+                  calls, warm, device)
+    note = (f"a training step of the CNN {list(widths['channels'])}, FC {widths['hidden'][0]} + batch norm with conv1 "
+            f"on normlib's kernel (csrc/conv.cpp); reference: the same step with conv1 an nn.Conv2d (oneDNN)")
+    return {"cnn_first_conv": result(t["ours"], t["reference"], 0.9, "s", note)}

@@ -1,5 +1,6 @@
-"""The fused CPU kernels of the from-scratch layers: batch, layer and group norm (normlib/csrc/norms.cpp)
-and the CNN's 2 x 2 max pooling (normlib/csrc/pooling.cpp), compiled into one extension module.
+"""The fused CPU kernels of the from-scratch layers: batch, layer and group norm (normlib/csrc/norms.cpp),
+the CNN's 2 x 2 max pooling (normlib/csrc/pooling.cpp) and its first convolution (normlib/csrc/conv.cpp),
+compiled into one extension module.
 
 The reference pairs in normlib.norms (PyTorch ops, cs231n style) are the readable definition;
 csrc/norms.cpp computes the same formulas in loops that read each value once, behind C++
@@ -30,7 +31,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("norms.cpp", "pooling.cpp"))
+SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("norms.cpp", "pooling.cpp", "conv.cpp"))
 # -fopenmp: at::parallel_for splits the loops over torch's own OpenMP threads (the libgomp that torch
 # loaded, so torch.set_num_threads applies to them too)
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")

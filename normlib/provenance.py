@@ -236,6 +236,8 @@ def levers_text(bench):
             f"same trials at once take {r['one_owner_vs_two']['ratio']:.2f} of the time they took when both trained "
             f"them; " + ", ".join(f"{k.split('_')[0].upper()} epochs with {k.split('_')[2]} evaluations take "
                                   f"{r[k]['ratio']:.2f} of the time with 8" for k in evals)
+            + (f"; a CNN step with its first convolution on normlib's kernel takes {r['cnn_first_conv']['ratio']:.2f} "
+               f"of the time of the same step on oneDNN's" if "cnn_first_conv" in r else "")
             + f". The step itself: the MLP trains at {r['mlp_fraction_of_peak']['ratio']:.0%} and the CNN at "
               f"{r['cnn_fraction_of_peak']['ratio']:.0%} of this machine's fp32 matrix-multiply peak"
             + (", and a step spends " + " and ".join(f"{v:.0%} ({a.upper()})" for a, v in share.items())

@@ -14,7 +14,8 @@ from normlib.paths import data_dir
 REPO = Path(__file__).resolve().parent.parent
 KEYS = {"train_vs_torchvision", "train_vs_bare", "batch_norm_mlp", "layer_norm_mlp", "batch_norm_cnn",
         "layer_norm_cnn", "layer_norm_cnn_vs_groupnorm", "mlp_fraction_of_peak", "cnn_fraction_of_peak",
-        "grid_two_workers_vs_one", "mlp_evals_2_vs_8", "cnn_evals_2_vs_8", "halving_vs_grid", "one_owner_vs_two"}
+        "grid_two_workers_vs_one", "mlp_evals_2_vs_8", "cnn_evals_2_vs_8", "halving_vs_grid", "one_owner_vs_two",
+        "cnn_first_conv"}
 NUMBERS = ("ours", "reference", "ratio", "ratio_of_medians", "target")
 
 

@@ -9,7 +9,7 @@ from torch.nn.utils import parametrize
 
 import torch.nn.functional as F
 
-from normlib.models import MaxPool2, build_model
+from normlib.models import FirstConv, MaxPool2, build_model
 from normlib.norms import NORM_KINDS, BatchNorm, LayerNorm
 from normlib.weight_norm import WeightNormConv2d, WeightNormLinear
 
@@ -228,6 +228,65 @@ def test_max_pool_kernel_refuses_bad_input():
         kernels.ext().max_pool2(torch.ones(2, 3, 1, 4))
     with pytest.raises(RuntimeError, match="x must be float32 or float64"):
         kernels.ext().max_pool2(torch.ones(2, 3, 4, 4, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("kernel", ["cpp", "python"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(128, 28, 28), (3, 5, 7), (2, 1, 1), (4, 2, 9), (5, 13, 3), (1, 30, 17)])
+def test_first_conv_is_torchs_convolution(shape, dtype, kernel, monkeypatch):
+    """FirstConv: the values of F.conv2d(x, w, b, padding=1) and the gradients of w and b, up to float
+    rounding (relative to the largest entry: float32 < 1e-5, float64 < 1e-13), for any image size."""
+    monkeypatch.setenv("NORMLIB_KERNELS", kernel)
+    tol = 1e-5 if dtype == torch.float32 else 1e-13
+    g = torch.Generator().manual_seed(sum(shape))
+    conv = FirstConv(6).to(dtype)
+    x = torch.randn(shape[0], 1, *shape[1:], dtype=dtype, generator=g)
+    y = conv(x)
+    ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    dy = torch.randn(ref.shape, dtype=dtype, generator=g)
+    grads = torch.autograd.grad(y, (conv.weight, conv.bias), dy)
+    ref_grads = torch.autograd.grad(ref, (conv.weight, conv.bias), dy)
+    for a, b in zip((y, *grads), (ref, *ref_grads)):
+        assert a.shape == b.shape and a.dtype == dtype
+        assert (a - b).abs().max() <= tol * b.abs().max()
+
+
+def test_first_conv_runs_the_cpp_kernel_and_passes_gradcheck():
+    conv = FirstConv(3).double()
+    x = torch.randn(2, 1, 6, 5, dtype=torch.float64)
+    assert "FirstConvFunction" in conv(x).grad_fn.name()  # the C++ Function, not F.conv2d
+    from normlib import kernels
+    assert torch.autograd.gradcheck(lambda w, b: kernels.ext().first_conv(x, w, b),
+                                    (conv.weight.detach().clone().requires_grad_(), conv.bias.detach().clone().requires_grad_()))
+
+
+def test_first_conv_falls_back_to_torch_where_the_input_needs_a_gradient():
+    """A gradient into the image (a probe, a saliency map) needs F.conv2d: the kernel computes dw and db only."""
+    conv = FirstConv(4)
+    x = torch.randn(3, 1, 28, 28, requires_grad=True)
+    y = conv(x)
+    assert "FirstConvFunction" not in y.grad_fn.name()
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_first_conv_is_an_nn_conv2d_with_its_state_dict():
+    conv = FirstConv(8)
+    ref = nn.Conv2d(1, 8, 3, padding=1)
+    assert isinstance(conv, nn.Conv2d) and conv.state_dict().keys() == ref.state_dict().keys()
+    assert [p.shape for p in conv.parameters()] == [p.shape for p in ref.parameters()]
+    assert isinstance(build_model("cnn", "batch").conv1, FirstConv)
+
+
+def test_first_conv_kernel_refuses_bad_input():
+    from normlib import kernels
+    w, b = torch.ones(4, 1, 3, 3), torch.ones(4)
+    with pytest.raises(RuntimeError, match=r"x must be \(N, 1, H, W\)"):
+        kernels.ext().first_conv(torch.ones(2, 3, 8, 8), w, b)
+    with pytest.raises(RuntimeError, match=r"w must be \(O, 1, 3, 3\)"):
+        kernels.ext().first_conv(torch.ones(2, 1, 8, 8), torch.ones(4, 1, 5, 5), b)
+    with pytest.raises(RuntimeError, match="x must be float32 or float64"):
+        kernels.ext().first_conv(torch.ones(2, 1, 8, 8, dtype=torch.int64), w, b)
 
 
 def test_cnn_pools_with_max_pool2():

@@ -557,9 +557,10 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int6
 }  // namespace
 
 void bind_pooling(pybind11::module_& m);  // normlib/csrc/pooling.cpp
+void bind_conv(pybind11::module_& m);  // normlib/csrc/conv.cpp
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "normlib's fused CPU kernels: batch, layer and group norm (csrc/norms.cpp), 2 x 2 max pooling (csrc/pooling.cpp)";
+  m.doc() = "normlib's fused CPU kernels: batch, layer and group norm (csrc/norms.cpp), 2 x 2 max pooling (csrc/pooling.cpp), the first convolution (csrc/conv.cpp)";
   m.def("batch_norm_forward", &batch_norm_forward, "x (N, C, *S), gamma, beta, eps -> y, mean, var, inv_std");
   m.def("batch_norm_backward", &batch_norm_backward, "dy, x, mean, inv_std, gamma -> dx, dgamma, dbeta");
   m.def("layer_norm_forward", &layer_norm_forward, "x (N, *F), gamma, beta, eps -> y, mean, inv_std");
@@ -570,4 +571,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("layer_norm", &layer_norm, "layer norm over all dimensions but the first");
   m.def("group_norm", &group_norm, "group norm: layer norm within each group of channels, per-channel affine");
   bind_pooling(m);
+  bind_conv(m);
 }
