@@ -346,7 +346,9 @@ class RowRNN(nn.Module):
 
     def forward(self, x):
         rows = x.reshape(len(x), ROWS, ROWS)  # (N, 1, 28, 28) -> (N, T, 28)
-        xs = self.inp(rows).transpose(0, 1).contiguous()  # (T, N, H): the input terms of every step at once
+        # the input terms of every step at once, (N, T, H), as T tensors (N, H): unbind, not xs[:, t], whose
+        # backward would add T zero-filled (N, T, H) gradients (most of a step's time)
+        xs = self.inp(rows).unbind(1)
         h = None
         for t in range(ROWS):
             a = xs[t]  # (N, H)

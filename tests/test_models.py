@@ -9,7 +9,7 @@ from torch.nn.utils import parametrize
 
 import torch.nn.functional as F
 
-from normlib.models import FirstConv, MaxPool2, build_model
+from normlib.models import FirstConv, MaxPool2, RowRNN, build_model
 from normlib.norms import NORM_KINDS, BatchNorm, LayerNorm
 from normlib.weight_norm import WeightNormConv2d, WeightNormLinear
 
@@ -339,6 +339,35 @@ def test_row_rnn_shapes_and_backward(norm):
     assert model(x[:1]).shape == (1, 10)  # evaluation needs no batch (batch norm: running statistics)
     with pytest.raises(ValueError, match="allowed none, batch, layer"):
         RowRNN(hidden=12, norm="weight")
+
+
+@pytest.mark.parametrize("norm", ["none", "batch", "layer"])
+def test_row_rnn_is_its_recurrence_step_by_step(norm):
+    """RowRNN (the input terms of all steps at once, unbound per step) against the recurrence of its
+    docstring written one step at a time: the same loss and the same gradients, bit for bit."""
+    torch.manual_seed(0)
+    model = RowRNN(hidden=12, norm=norm)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+
+    def recurrence(x):
+        rows = x.reshape(len(x), 28, 28)
+        h = None
+        for t in range(28):
+            a = model.inp(rows[:, t])  # (N, H)
+            if norm == "batch":
+                a = model.bn_x(a, t) + (model.bn_h(model.rec(h), t) if h is not None else 0)
+            else:
+                a = a + model.rec(h) if h is not None else a
+                a = model.ln(a) if norm == "layer" else a
+            h = torch.tanh(a)
+        return model.out(h)
+
+    params = list(model.parameters())
+    loss = F.cross_entropy(model(x), y)
+    ref = F.cross_entropy(recurrence(x), y)
+    assert torch.equal(loss, ref)
+    for a, b in zip(torch.autograd.grad(loss, params), torch.autograd.grad(ref, params)):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_step_batch_norm_keeps_statistics_per_time_step_and_shares_gamma():
