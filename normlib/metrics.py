@@ -90,8 +90,11 @@ def trials_table(histories, keys=("arch", "norm", "seed")):
 
 def metric_bounds(metric):
     """The values a metric can take, by its name: accuracies and error rates lie in [0, 1]; losses,
-    step counts, volatilities, spreads and gradient norms are non-negative; anything else: None."""
+    step counts, volatilities, spreads and gradient norms are non-negative; logarithms of any of them
+    (log_loss_auc: a mean log loss, below 0 once the loss is below 1) and anything else: None."""
     name = str(metric)
+    if re.search(r"(^|_)log(_|$)", name):
+        return None
     if re.search(r"(^|_)(acc|error)(_|$)", name):
         return 0.0, 1.0
     if re.search(r"(^|_)(loss|steps|volatility|cv|sd|norm|epochs|range|beta)(_|$)", name):

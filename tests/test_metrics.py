@@ -165,3 +165,11 @@ def test_intervals_are_clipped_to_the_values_a_metric_can_take():
     assert metrics.metric_bounds("steps_to_loss")[0] == 0 and metrics.metric_bounds("seed") is None
 
 
+def test_a_log_of_a_loss_is_not_bounded_below_by_zero():
+    """log_loss_auc is a mean log loss: below 0 once the loss is below 1, so its interval is not clipped at 0
+    (it was: "-0.997 [0.000, -0.986]")."""
+    assert metrics.metric_bounds("log_loss_auc") is None
+    m, lo, hi = metrics.mean_ci([-1.0, -0.99, -0.98], bounds=metrics.metric_bounds("log_loss_auc"))
+    assert lo < m < hi < 0
+
+
