@@ -63,6 +63,8 @@ def page(P):
     if not provenance.manifest_applies(manifest, "procedure", P):
         manifest = None
     proto = Protocol.from_params(params.validate(provenance.run_values(manifest, "step1_bn_training")))
+    glue_values({"arch_mlp_hidden": " x ".join(map(str, proto.hidden)), "arch_cnn_c1": int(proto.channels[0]),
+                 "arch_cnn_c2": int(proto.channels[1]), "arch_cnn_fc": int(proto.cnn_hidden)})  # the architecture chapter's
     glue_values({"protocol_text": protocol_text(proto), "n_seeds": len(proto.seeds),
                  "n_confirm_seeds": len(proto.confirm_seeds), "seeds": ", ".join(map(str, proto.seeds)),
                  "failure_rule": (f"A run that diverges (its loss becomes infinite or NaN) is a failed run: from then "
