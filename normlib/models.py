@@ -87,7 +87,7 @@ class FirstConv(nn.Conv2d):
     """The CNN's first layer: a 3 x 3 convolution of the one-channel image, padding 1, exactly an
     nn.Conv2d (same parameters, init and state_dict), with the values of F.conv2d up to float rounding.
     On CPU, when the input needs no gradient (it is the data), it runs normlib's C++ kernel
-    (csrc/conv.cpp): oneDNN's kernel for one input channel took about half of a CNN training step."""
+    (csrc/conv.cpp): oneDNN's kernel for one input channel is slow on CPU (make benchmark: cnn_first_conv)."""
 
     def __init__(self, c_out):
         super().__init__(1, c_out, 3, padding=1)
