@@ -101,7 +101,8 @@ def cost_page(P):
     ran, reused = times[times["this run"] == "executed"], times[times["this run"] == "reused"]
     glue_values({"profile": (manifest or {}).get("profile", "none (notebooks run on their own)"),
                  "n_executed": len(ran), "n_reused": len(reused),
-                 "executed_minutes": float(ran["seconds"].sum()) / 60, "all_minutes": float(times["seconds"].sum()) / 60})
+                 "executed_minutes": float(ran["seconds"].sum()) / 60, "all_minutes": float(times["seconds"].sum()) / 60,
+                 "executed_wall_minutes": provenance.span_minutes(ran) if len(ran) else 0.0})
     glue_figure("fig_times", figures.notebook_times(times))
     trained, distinct = provenance.trained_once()
     by_kind = provenance.trials_by_kind()

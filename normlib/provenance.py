@@ -134,6 +134,16 @@ def notebook_times(manifest=None, exclude=()):
     return pd.DataFrame(rows, columns=["notebook", "seconds", "executed at", "this run"])
 
 
+def span_minutes(times):
+    """Wall-clock minutes from the first start to the last end of the notebooks in `times` (rows of
+    notebook_times with a start time): notebooks run side by side, so this is less than their sum."""
+    start = pd.to_datetime(times["executed at"], errors="coerce", utc=True, format="ISO8601")
+    end = start + pd.to_timedelta(times["seconds"], unit="s")
+    if start.isna().all():
+        return float("nan")
+    return float((end.max() - start.min()).total_seconds()) / 60
+
+
 def load_benchmark(path=None):
     """The numbers benchmarks/bench.py wrote (results/benchmark.json), or None when it has not run."""
     try:

@@ -161,3 +161,15 @@ def test_lr_summary_says_how_the_rates_were_chosen():
     assert "batch norm 0.3 (edge of the grid)" in tuned and "no normalization 0.1," in tuned
     fixed = lr_summary({("mlp", "none"): 0.1, ("mlp", "batch"): 0.1})
     assert fixed == "every condition at the rate this run set, 0.1 (no tuning)"
+
+
+def test_the_wall_clock_span_of_notebooks_run_side_by_side_is_less_than_their_sum():
+    """Two notebooks from 10:00:00, one of 60 s, one of 120 s, and a third from 10:02:00 for 30 s: the run
+    spans 2.5 minutes while their times add up to 3.5."""
+    import pandas as pd
+    times = pd.DataFrame({"notebook": ["a", "b", "c"], "seconds": [60.0, 120.0, 30.0],
+                          "executed at": ["2026-01-01T10:00:00+00:00", "2026-01-01T10:00:00+00:00",
+                                          "2026-01-01T10:02:00+00:00"], "this run": ["executed"] * 3})
+    assert provenance.span_minutes(times) == pytest.approx(2.5)
+    assert times["seconds"].sum() / 60 == pytest.approx(3.5)
+    assert math.isnan(provenance.span_minutes(times.assign(**{"executed at": "never"})))
