@@ -143,6 +143,23 @@ def successive_halving(rates, budgets, evaluate):
     return {c: r[0] for c, r in alive.items()}, rungs
 
 
+def rungs_table(rungs, selected, budget_steps):
+    """The table of successive_halving's rungs (budget_steps: the steps of a full run): one row per rung,
+    condition and rate: the budget, its steps, the score and what successive halving did with the rate:
+    kept for the next rung, dropped, selected."""
+    rows = []
+    for i, (budget, scores) in enumerate(rungs):
+        later = rungs[i + 1][1] if i + 1 < len(rungs) else None
+        for cond, by_lr in scores.items():
+            for lr, score in sorted(by_lr.items()):
+                fate = ("kept" if lr in later[cond] else "dropped") if later else \
+                    ("selected" if lr == selected[cond] else "dropped")
+                rows.append({"rung": i + 1, "budget": f"{budget:g}", "steps": max(1, round(budget * budget_steps))
+                             if budget < 1 else budget_steps, "condition": cond, "learning rate": f"{lr:g}",
+                             "mean best validation loss": score, "halving": fate})
+    return pd.DataFrame(rows)
+
+
 def rate_scores(histories):
     """{(arch, norm): {lr: mean best validation loss over the tuning seeds}} (failed runs at chance)."""
     means = tuning_table(histories).groupby(["arch", "norm", "lr"])["best_val_loss"].mean()

@@ -8,7 +8,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from normlib import params, study_figures
+from normlib import params, protocol, study_figures
 from normlib.studies import transformer as vit
 from normlib.train import History
 from normlib.trials import Result
@@ -166,7 +166,7 @@ def test_tuning_halves_the_grid_on_the_tuning_seeds_at_each_budget():
     full = vit.steps(P)
     assert {c.max_steps for c in calls[0]} == {round(0.25 * full)} and {c.max_steps for c in calls[1]} == {round(0.5 * full)}
     assert {c.seed for cs in calls for c in cs} == set(P["tuning_seeds"]) and {c.warmup for c in calls[0]} == {W}
-    table = vit.rungs_table(rungs, selected, full)
+    table = protocol.rungs_table(rungs, selected, full)
     assert (table["halving"] == "selected").sum() == 5 and (table[table["rung"] == 1]["halving"] == "kept").sum() == 10
 
 

@@ -29,7 +29,7 @@ from normlib.data import N_TRAIN
 from normlib.figures import NORM_COLORS
 from normlib.metrics import CHANCE_ACC, completed_curve
 from normlib.models import HEADS
-from normlib.protocol import curves_frame, successive_halving, tuning_table
+from normlib.protocol import curves_frame, rungs_table, successive_halving, tuning_table
 from normlib.report import glue_figure, glue_values
 from normlib.studies import common
 from normlib.studies.common import difference, glue_family, level_text, list_text, points, runs_text, shares
@@ -175,22 +175,6 @@ def plateaus(comparison):
     """Per condition at its selected rate: the median relative change of the validation loss over the last
     quarter and its verdict (normlib.metrics.plateau)."""
     return {c: metrics.plateau(g["last_quarter_change"]) for c, g in comparison.groupby("condition", sort=False)}
-
-
-def rungs_table(rungs, selected, budget_steps):
-    """One row per rung, condition and rate: the budget, its steps, the score (mean best validation loss over
-    the tuning seeds) and what successive halving did with the rate: kept for the next rung, dropped, selected."""
-    rows = []
-    for i, (budget, scores) in enumerate(rungs):
-        later = rungs[i + 1][1] if i + 1 < len(rungs) else None
-        for cond, by_lr in scores.items():
-            for lr, score in sorted(by_lr.items()):
-                fate = ("kept" if lr in later[cond] else "dropped") if later else \
-                    ("selected" if lr == selected[cond] else "dropped")
-                rows.append({"rung": i + 1, "budget": f"{budget:g}", "steps": max(1, round(budget * budget_steps))
-                             if budget < 1 else budget_steps, "condition": cond, "learning rate": f"{lr:g}",
-                             "mean best validation loss": score, "halving": fate})
-    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------
