@@ -49,7 +49,7 @@ class Measure:
     lower_is_better: bool
     resolution: float             # a spread at or below this counts as none (no Hedges' g: stats.effect_size)
     fmt: str = "{:.3f}"           # format of a value; differences get a sign
-    bounds: tuple = (0.0, math.inf)
+    bounds: tuple | None = (0.0, math.inf)  # the values it can take (its intervals are clipped to them); None: any
     test: str = "Welch"           # Welch (means) | Brown-Forsythe (spreads) | Fisher (rates of failed runs)
     column: str | None = None     # the per-run column, when it differs from the measure's name
 
@@ -59,7 +59,8 @@ MEASURES = {
                               1.0, "{:.0f}"),
     "seconds_to_level": Measure("convergence speed", "seconds to the level (steps x mean step time)", True,
                                 1e-3, "{:.1f}"),
-    "log_loss_auc": Measure("convergence speed", "mean log validation loss over training", True, 1e-4),
+    "log_loss_auc": Measure("convergence speed", "mean log validation loss over training", True, 1e-4,
+                            bounds=None),  # a mean log loss: below 0 once the loss is below 1
     "spike": Measure("stability", "largest recovered rise of the validation loss (before its best), share of "
                      "progress", True, 1e-4, bounds=(0.0, 1.0)),
     "setback": Measure("stability", "largest rise of the validation loss over the whole run, share of progress",

@@ -320,3 +320,17 @@ def test_summary_values_to_glue():
     assert g["mlp_steps_to_level_batch"].startswith("400 [") and g["mlp_steps_to_level_batch_reached"] == 5
     assert (g["mlp_best_test_loss_weight_n"], g["mlp_best_test_loss_weight_diverged"]) == (5, 1)
     assert g["mlp_steps_to_level_weight_reached"] == 4 and "mlp_spike_weight_reached" not in g
+
+
+def test_a_mean_log_loss_below_zero_keeps_its_interval():
+    """log_loss_auc is negative once the loss is below 1: its interval in the conditions table and in a
+    comparison is not clipped at 0 (step 5 showed "-0.997 [0.000, -0.986]"); a loss's interval still is."""
+    table = pd.DataFrame(runs("mlp", "none", log_loss_auc=jitter(-1.0, 0.02), best_test_loss=[0.0, 0.0, 0.0, 0.0, 0.05])
+                         + runs("mlp", "batch", log_loss_auc=jitter(-1.1, 0.02)))
+    summary = verdicts.condition_summary(table).set_index(["norm", "measure"])
+    row = summary.loc[("none", "log_loss_auc")]
+    assert row["lo"] < row["mean"] < row["hi"] < 0
+    assert summary.loc[("none", "best_test_loss"), "lo"] == 0.0  # clipped: a loss is never negative
+    ex = verdicts.exploratory_table(table).set_index(["measure", "first", "second"])
+    assert ex.loc[("log_loss_auc", "batch", "none"), "lo_first"] < -1.1 < ex.loc[("log_loss_auc", "batch", "none"),
+                                                                                  "hi_first"] < 0
