@@ -89,15 +89,17 @@ def trials_table(histories, keys=("arch", "norm", "seed")):
 
 
 def metric_bounds(metric):
-    """The values a metric can take, by its name: accuracies and error rates lie in [0, 1]; losses,
-    step counts, volatilities, spreads and gradient norms are non-negative; logarithms of any of them
+    """The values a metric can take, by its name (the one source: figures, studies and the verdicts' tables
+    clip intervals to it): accuracies and error rates lie in [0, 1]; losses, step counts, seconds,
+    volatilities, spreads, gradient norms and rises of the loss (spike, setback: a share of the progress,
+    above 1 when a rise undoes more than all of it) are non-negative; logarithms of any of them
     (log_loss_auc: a mean log loss, below 0 once the loss is below 1) and anything else: None."""
     name = str(metric)
     if re.search(r"(^|_)log(_|$)", name):
         return None
     if re.search(r"(^|_)(acc|error)(_|$)", name):
         return 0.0, 1.0
-    if re.search(r"(^|_)(loss|steps|volatility|cv|sd|norm|epochs|range|beta)(_|$)", name):
+    if re.search(r"(^|_)(loss|steps|seconds|spike|setback|volatility|cv|sd|norm|epochs|range|beta)(_|$)", name):
         return 0.0, math.inf
     return None
 

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from normlib.metrics import MIN_SEEDS, format_ci, mean_ci, welch, welch_ci
+from normlib.metrics import MIN_SEEDS, format_ci, mean_ci, metric_bounds, welch, welch_ci
 from normlib.stats import ALPHA, detectable, effect_size, finite, holm, spread_test, welch_se
 
 LABELS = {"none": "no normalization", "batch": "batch norm", "layer": "layer norm", "weight": "weight norm",
@@ -49,7 +49,6 @@ class Measure:
     lower_is_better: bool
     resolution: float             # a spread at or below this counts as none (no Hedges' g: stats.effect_size)
     fmt: str = "{:.3f}"           # format of a value; differences get a sign
-    bounds: tuple | None = (0.0, math.inf)  # the values it can take (its intervals are clipped to them); None: any
     test: str = "Welch"           # Welch (means) | Brown-Forsythe (spreads) | Fisher (rates of failed runs)
     column: str | None = None     # the per-run column, when it differs from the measure's name
 
@@ -59,19 +58,18 @@ MEASURES = {
                               1.0, "{:.0f}"),
     "seconds_to_level": Measure("convergence speed", "seconds to the level (steps x mean step time)", True,
                                 1e-3, "{:.1f}"),
-    "log_loss_auc": Measure("convergence speed", "mean log validation loss over training", True, 1e-4,
-                            bounds=None),  # a mean log loss: below 0 once the loss is below 1
+    "log_loss_auc": Measure("convergence speed", "mean log validation loss over training", True, 1e-4),
     "spike": Measure("stability", "largest recovered rise of the validation loss (before its best), share of "
-                     "progress", True, 1e-4, bounds=(0.0, 1.0)),
+                     "progress", True, 1e-4),
     "setback": Measure("stability", "largest rise of the validation loss over the whole run, share of progress",
-                       True, 1e-4, bounds=(0.0, 1.0)),
-    "failure_rate": Measure("stability", "share of runs that diverged", True, 0.0, "{:.2f}", (0.0, 1.0),
-                            "Fisher", "diverged"),
+                       True, 1e-4),
+    "failure_rate": Measure("stability", "share of runs that diverged", True, 0.0, "{:.2f}", "Fisher",
+                            "diverged"),
     "final_val_loss_sd": Measure("stability", "spread across seeds of the final validation loss (SD)", True,
                                  1e-4, test="Brown-Forsythe", column="final_val_loss"),
     "best_test_loss": Measure("final loss", "test loss at the best-validation checkpoint", True, 1e-4),
     "best_test_acc": Measure("final loss", "test accuracy at the best-validation checkpoint", False, 1e-4,
-                             "{:.2%}", (0.0, 1.0)),
+                             "{:.2%}"),
     "final_val_loss": Measure("final loss", "validation loss at the end of training", True, 1e-4),
 }
 PRIMARY = ("steps_to_level", "spike", "best_test_loss")  # one per criterion, declared before any result
@@ -110,7 +108,7 @@ def compare(ga, gb, name, measure):
         return {**out, "mean_first": ra, "lo_first": math.nan, "hi_first": math.nan, "mean_second": rb,
                 "lo_second": math.nan, "hi_second": math.nan, "diff": ra - rb, "diff_lo": math.nan,
                 "diff_hi": math.nan, "p": float(p)}
-    bounds = measure.bounds
+    bounds = metric_bounds(name)  # the values it can take: its intervals are clipped to them
     if name == "steps_to_level":  # a restricted mean lies between 0 and the horizon
         bounds = (0.0, float(pd.concat([ga["planned_steps"], gb["planned_steps"]]).max()))
     ma, loa, hia = mean_ci(a, bounds=bounds)
@@ -202,8 +200,7 @@ def condition_summary(table, measures=PRIMARY + ("seconds_to_level", "log_loss_a
     rows = []
     for key, g in table.groupby(list(by), sort=False):
         for name in (m for m in measures if m in g):
-            m = MEASURES.get(name)
-            bounds = m.bounds if m else None
+            bounds = metric_bounds(name)
             if name == "steps_to_level":
                 bounds = (0.0, float(g["planned_steps"].max()))
             x = finite(g[name])

@@ -334,3 +334,15 @@ def test_a_mean_log_loss_below_zero_keeps_its_interval():
     ex = verdicts.exploratory_table(table).set_index(["measure", "first", "second"])
     assert ex.loc[("log_loss_auc", "batch", "none"), "lo_first"] < -1.1 < ex.loc[("log_loss_auc", "batch", "none"),
                                                                                   "hi_first"] < 0
+
+
+def test_the_verdicts_clip_intervals_to_the_values_each_measure_can_take():
+    """One source, metrics.metric_bounds: a spike above 1 (a rise that undid more than all progress) keeps its
+    interval above 1, an accuracy's stays within [0, 1]; every interval of a measure lies within its bounds."""
+    table = pd.DataFrame(runs("mlp", "none", spike=[1.1, 1.2, 1.3, 1.2, 1.2], best_test_acc=[0.99, 1.0, 1.0, 1.0, 0.9])
+                         + runs("mlp", "batch"))
+    summary = verdicts.condition_summary(table, measures=tuple(verdicts.MEASURES)).set_index(["norm", "measure"])
+    assert summary.loc[("none", "spike"), "hi"] > 1.2 and summary.loc[("none", "best_test_acc"), "hi"] == 1.0
+    for (norm, name), row in summary.iterrows():
+        low, high = metrics.metric_bounds(name) or (-math.inf, math.inf)
+        assert low <= row["lo"] <= row["mean"] <= row["hi"] <= high or math.isnan(row["lo"]), (norm, name)
