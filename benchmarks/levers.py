@@ -7,8 +7,11 @@
    condition against every rate of its grid at the full budget, counted from the protocol (not timed: the
    steps are the cost);
 3. one owner per key (one_owner_vs_two): two clients asking for the same grid of trials at once (two
-   notebooks of a run), sharing the results folder (each trial has one owner and is trained once) against
-   each with a folder of its own (each trains every trial), on one pool of two workers: the ratio of wall times;
+   notebooks of a run) through run_trials, sharing the results folder (each trial has one owner and is trained
+   once) against two clients that each train every trial (jobs sent without their trial keys, so the pool
+   cannot merge them either: what two notebooks did before trials were shared), on one pool of two workers:
+   the ratio of wall times. (Two clients with a folder each are no reference: the pool merges jobs submitted
+   under the same key, so they too train each trial once.)
 4. the step (context): where a training step of each network spends its time (torch.profiler, self time of
    the matrix products and convolutions over the whole step), the reason the trainer does not batch seeds;
 5. the CNN's first convolution (cnn_first_conv): a training step of the CNN at the default widths, its conv1
@@ -80,10 +83,21 @@ configs = [TrainConfig(**c) for c in json.loads(sys.argv[1])]
 run_trials(configs, cache=sys.argv[2], progress=False)
 """
 
+# the reference: every trial trained by this client, whatever the other does (no cache, no trial keys)
+CLIENT_ALONE = """
+import json, sys
+from normlib import executors, trials
+from normlib.train import TrainConfig
+jobs = [{"trial": trials.as_trial(TrainConfig(**c)).to_dict(), "device": "cpu", "threads": trials.THREADS,
+         "expect": trials.environment()} for c in json.loads(sys.argv[1])]
+for _ in executors.executor_for().map(trials.run_job, jobs):
+    pass
+"""
+
 
 def bench_owners(trials, train_size):
     """Two client processes ask for the same `trials` small MLP trials at once on one warm pool of two
-    workers: with one results folder (one owner per key) and with a folder each (both train everything)."""
+    workers: through run_trials with one results folder (one owner per key), and each training every trial."""
     configs = [TrainConfig(arch="mlp", norm="batch", epochs=1, train_size=train_size, val_size=1000, seed=s,
                            device="cpu").to_dict() for s in range(trials)]
     cluster = executors.start_local_cluster(2)
@@ -92,9 +106,10 @@ def bench_owners(trials, train_size):
         env = {**os.environ, "NORMLIB_SCHEDULER": cluster.scheduler_address, "PYTHONPATH": str(ROOT)}
         env.pop("NORMLIB_PROGRESS", None)
 
-        def clients(folders):
+        def clients(folders):  # folders: run_trials's results folder per client; None: train every trial
             start = time.perf_counter()
-            procs = [subprocess.Popen([sys.executable, "-c", CLIENT, json.dumps(configs), f], env=env) for f in folders]
+            procs = [subprocess.Popen([sys.executable, "-c", CLIENT if f else CLIENT_ALONE, json.dumps(configs)]
+                                      + ([f] if f else []), env=env) for f in folders]
             if any(p.wait() for p in procs):
                 raise RuntimeError("a benchmark client failed")
             return time.perf_counter() - start
@@ -103,12 +118,13 @@ def bench_owners(trials, train_size):
             clients([warm])  # the pool's workers import, load the data and compile once
         for i in range(2):
             for side in (("ours", "reference") if i == 0 else ("reference", "ours")):
-                with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-                    times[side].append(clients([a, a] if side == "ours" else [a, b]))
+                with tempfile.TemporaryDirectory() as a:
+                    times[side].append(clients([a, a] if side == "ours" else [None, None]))
     finally:
         executors.stop_local_cluster(cluster)
     note = (f"two clients asking for the same {trials} trials (MLP + batch norm, 1 epoch on {train_size} images) at "
-            f"once on a pool of two workers: one results folder (one owner per key) against a folder each")
+            f"once on a pool of two workers: one results folder (one owner per key) against each client training "
+            f"every trial")
     return {"one_owner_vs_two": result(times["ours"], times["reference"], 0.7, "s", note)}
 
 
