@@ -72,7 +72,8 @@ from training import bench_training  # noqa: E402
 from layers import bench_layers, builtin_layer_norm_vs_groupnorm, python_floor  # noqa: E402
 from peak import bench_peak, train_flops_per_example  # noqa: E402
 from grid import bench_grid  # noqa: E402
-from levers import bench_evaluations, bench_first_conv, bench_halving, bench_owners, step_profile  # noqa: E402
+from levers import (batched_seeds, bench_evaluations, bench_first_conv, bench_halving, bench_owners,  # noqa: E402
+                    step_profile)
 from profiles import bench_profiles, profile_line  # noqa: E402
 
 
@@ -147,10 +148,13 @@ def main(argv=None):
     print(f"context: torch's own nn.LayerNorm takes {context['builtin_layer_norm_over_groupnorm']:.2f} times as long as "
           f"nn.GroupNorm(1, {CNN_SHAPE[1]}) at {CNN_SHAPE}, forward + backward", flush=True)
     context["step_in_matmuls"] = step_profile(data, device)
+    context["seeds_batched_vs_separate"] = batched_seeds(device, max(calls // 4, 5), max(warm // 4, 2))
     print("context: where a training step spends its time at the default widths: "
           + ", ".join(f"{arch.upper()} {share:.0%}" for arch, share in context["step_in_matmuls"].items())
-          + " of it in matrix products and convolutions (MKL, oneDNN); batching several seeds into one model "
-          "would only shrink the rest", flush=True)
+          + " of it in matrix products and convolutions (MKL, oneDNN); 5 seeds of the CNN in one model take "
+          + " and ".join(f"{r:.2f} of the time of 5 separate models in {layer}"
+                         for layer, r in context["seeds_batched_vs_separate"].items())
+          + " (forward + backward: a grouped convolution, a batched matrix product)", flush=True)
     # the most a trainer could reach: nothing but its counted matmul FLOPs, at the matmul peak of this run
     mlp = TrainConfig(arch="mlp", norm="batch", batch_size=BATCH, device=device)
     peak = results["cnn_fraction_of_peak"]["reference"] * 1e9  # FLOP/s

@@ -160,6 +160,36 @@ def step_profile(data, device, steps=30):
     return out
 
 
+
+def batched_seeds(device, calls, warm, seeds=5):
+    """The CNN's heaviest layers at the default widths, forward + backward for `seeds` seeds of one condition
+    (each seed its own batch): one layer per seed, as the trainer runs them, against all seeds in one layer
+    (conv2 as a grouped convolution, fc3 as a batched matrix product), alternated:
+    {layer: seconds batched / seconds separate}, the medians of the paired ratios."""
+    widths = profile_widths()["cnn"]
+    (c1, c2), hidden = widths["channels"], widths["hidden"][0]
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape, grad=False):
+        return torch.randn(*shape, generator=g).to(device).requires_grad_(grad)
+
+    cases = {}
+    x, w, dy = rand(BATCH, c1, 14, 14, grad=True), rand(c2, c1, 3, 3, grad=True), rand(BATCH, c2, 14, 14)
+    xs, ws, dys = (rand(BATCH, seeds * c1, 14, 14, grad=True), rand(seeds * c2, c1, 3, 3, grad=True),
+                   rand(BATCH, seeds * c2, 14, 14))
+    cases["conv2"] = (lambda: [F.conv2d(x, w, padding=1).backward(dy) for _ in range(seeds)],
+                      lambda: F.conv2d(xs, ws, padding=1, groups=seeds).backward(dys))
+    a, m, da = rand(BATCH, c2 * 49, grad=True), rand(c2 * 49, hidden, grad=True), rand(BATCH, hidden)
+    ab, mb = rand(seeds, BATCH, c2 * 49, grad=True), rand(seeds, c2 * 49, hidden, grad=True)
+    dab = rand(seeds, BATCH, hidden)
+    cases["fc3"] = (lambda: [(a @ m).backward(da) for _ in range(seeds)], lambda: torch.bmm(ab, mb).backward(dab))
+    out = {}
+    for layer, (separate, batched) in cases.items():
+        t = alternate({"separate": separate, "batched": batched}, calls, warm, device)
+        ratios = sorted(b / s for b, s in zip(t["batched"], t["separate"]))
+        out[layer] = ratios[len(ratios) // 2]
+    return out
+
 def cnn_step(config, x, y, device, plain_conv1=False):
     """One training step of the CNN of `config` per call, on batches drawn in turn from (x, y): the model as
     the trainer builds it (conv1 on normlib's kernel on CPU) or, with plain_conv1, the same weights with conv1

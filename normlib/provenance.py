@@ -232,6 +232,9 @@ def trained_once(results=None):
     return len(keys), len(set(keys))
 
 
+HOW_BATCHED = {"conv2": "one grouped convolution", "fc3": "one batched matrix product"}  # make benchmark's seeds_batched_vs_separate
+
+
 def levers_text(bench):
     """What the benchmark measured of the levers that pay for the budget (results/benchmark.json), in one
     paragraph, or what to run to get them."""
@@ -241,6 +244,7 @@ def levers_text(bench):
         return "make benchmark measures them (their numbers appear here in the next make report)."
     evals = [k for k in r if k.endswith("_vs_8")]
     share = (bench.get("context") or {}).get("step_in_matmuls", {})
+    batched = (bench.get("context") or {}).get("seeds_batched_vs_separate", {})
     return (f"measured by make benchmark on {bench['machine']['cpu']}: successive halving spends "
             f"{r['halving_vs_grid']['ratio']:.2f} of the optimizer steps of the full grid; two notebooks asking for the "
             f"same trials at once take {r['one_owner_vs_two']['ratio']:.2f} of the time they took when both trained "
@@ -252,7 +256,10 @@ def levers_text(bench):
               f"{r['cnn_fraction_of_peak']['ratio']:.0%} of this machine's fp32 matrix-multiply peak"
             + (", and a step spends " + " and ".join(f"{v:.0%} ({a.upper()})" for a, v in share.items())
                + " of its time in matrix products and convolutions, so batching several seeds into one model "
-                 "would only shrink the rest" if share else "") + ".")
+                 "would only shrink the rest" if share else "")
+            + ("; measured where that time goes, 5 seeds of the CNN in one model take "
+               + " and ".join(f"{v:.2f} of the time of 5 separate models in {k} ({HOW_BATCHED.get(k, k)})"
+                              for k, v in batched.items()) if batched else "") + ".")
 
 
 def benchmark_summary(bench):

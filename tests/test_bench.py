@@ -46,6 +46,8 @@ def test_quick_benchmark_writes_every_measurement(tmp_path):
     assert all(math.isfinite(context[k]) and context[k] > 0 for k in
                ("builtin_layer_norm_over_groupnorm", "mlp_matmul_ceiling_examples_per_s", "ceiling_vs_torchvision",
                 "matmuls_only_vs_torchvision"))
+    batched = context["seeds_batched_vs_separate"]  # the measured case against batching seeds into one model
+    assert set(batched) == {"conv2", "fc3"} and all(math.isfinite(r) and r > 0 for r in batched.values())
     assert not list(tmp_path.glob(".*.tmp"))  # the JSON was written atomically
 
 

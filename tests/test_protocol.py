@@ -173,3 +173,22 @@ def test_the_wall_clock_span_of_notebooks_run_side_by_side_is_less_than_their_su
     assert provenance.span_minutes(times) == pytest.approx(2.5)
     assert times["seconds"].sum() / 60 == pytest.approx(3.5)
     assert math.isnan(provenance.span_minutes(times.assign(**{"executed at": "never"})))
+
+
+def test_the_cost_chapter_states_the_measured_levers_and_what_batching_seeds_measured():
+    """levers_text reads results/benchmark.json: every number it states is the benchmark's, and the batched-seeds
+    measurement appears only when the benchmark made it."""
+    def r(ratio):
+        return {"ratio": ratio}
+    bench = {"machine": {"cpu": "a test CPU"},
+             "results": {"mlp_fraction_of_peak": r(0.41), "cnn_fraction_of_peak": r(0.31), "halving_vs_grid": r(0.25),
+                         "one_owner_vs_two": r(0.56), "mlp_evals_2_vs_8": r(0.88)},
+             "context": {"step_in_matmuls": {"mlp": 0.61, "cnn": 0.59}}}
+    text = provenance.levers_text(bench)
+    assert "on a test CPU" in text and "take 0.56 of the time they took when both trained them" in text
+    assert "0.25 of the optimizer steps" in text and "CNN at 31%" in text and "grouped" not in text
+    bench["context"]["seeds_batched_vs_separate"] = {"conv2": 1.5, "fc3": 0.96}
+    text = provenance.levers_text(bench)
+    assert ("5 seeds of the CNN in one model take 1.50 of the time of 5 separate models in conv2 (one grouped "
+            "convolution) and 0.96 of the time of 5 separate models in fc3 (one batched matrix product)") in text
+    assert provenance.levers_text({}).startswith("make benchmark measures them")
