@@ -160,7 +160,6 @@ def step_profile(data, device, steps=30):
     return out
 
 
-
 def batched_seeds(device, calls, warm, seeds=5):
     """The CNN's heaviest layers at the default widths, forward + backward for `seeds` seeds of one condition
     (each seed its own batch): one layer per seed, as the trainer runs them, against all seeds in one layer
@@ -189,6 +188,7 @@ def batched_seeds(device, calls, warm, seeds=5):
         ratios = sorted(b / s for b, s in zip(t["batched"], t["separate"]))
         out[layer] = ratios[len(ratios) // 2]
     return out
+
 
 def cnn_step(config, x, y, device, plain_conv1=False):
     """One training step of the CNN of `config` per call, on batches drawn in turn from (x, y): the model as

@@ -232,7 +232,8 @@ def trained_once(results=None):
     return len(keys), len(set(keys))
 
 
-HOW_BATCHED = {"conv2": "one grouped convolution", "fc3": "one batched matrix product"}  # make benchmark's seeds_batched_vs_separate
+# the layers of make benchmark's seeds_batched_vs_separate, as batched there
+HOW_BATCHED = {"conv2": "one grouped convolution", "fc3": "one batched matrix product"}
 
 
 def levers_text(bench):
