@@ -88,13 +88,17 @@ def trials_table(histories, keys=("arch", "norm", "seed")):
     return pd.DataFrame(rows)
 
 
-def metric_bounds(metric):
+def metric_bounds(metric, horizon=None):
     """The values a metric can take, by its name (the one source: figures, studies and the verdicts' tables
     clip intervals to it): accuracies and error rates lie in [0, 1]; losses, step counts, seconds,
     volatilities, spreads, gradient norms and rises of the loss (spike, setback: a share of the progress,
     above 1 when a rise undoes more than all of it) are non-negative; logarithms of any of them
-    (log_loss_auc: a mean log loss, below 0 once the loss is below 1) and anything else: None."""
+    (log_loss_auc: a mean log loss, below 0 once the loss is below 1) and anything else: None.
+    horizon: the planned steps of the runs; steps_to_level, censored there, then lies in [0, horizon]
+    (its mean is the restricted mean up to the horizon)."""
     name = str(metric)
+    if name == "steps_to_level" and horizon is not None and math.isfinite(horizon):
+        return 0.0, float(horizon)
     if re.search(r"(^|_)log(_|$)", name):
         return None
     if re.search(r"(^|_)(acc|error)(_|$)", name):

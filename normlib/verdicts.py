@@ -84,6 +84,12 @@ def _group(table, network, condition):
     return table[(table["arch"] == network) & (table["norm"] == condition)]
 
 
+def horizon(*groups):
+    """The planned steps of the runs in these groups (the horizon steps_to_level is censored at), or None."""
+    steps = [g["planned_steps"] for g in groups if "planned_steps" in g]
+    return float(pd.concat(steps).max()) if steps else None
+
+
 def compare(ga, gb, name, measure):
     """The numbers of one comparison of two groups of runs (rows of a measures table) on one measure:
     per group n, n diverged (and n reached, for steps), mean and 95% CI; diff = first - second with its
@@ -108,9 +114,7 @@ def compare(ga, gb, name, measure):
         return {**out, "mean_first": ra, "lo_first": math.nan, "hi_first": math.nan, "mean_second": rb,
                 "lo_second": math.nan, "hi_second": math.nan, "diff": ra - rb, "diff_lo": math.nan,
                 "diff_hi": math.nan, "p": float(p)}
-    bounds = metric_bounds(name)  # the values it can take: its intervals are clipped to them
-    if name == "steps_to_level":  # a restricted mean lies between 0 and the horizon
-        bounds = (0.0, float(pd.concat([ga["planned_steps"], gb["planned_steps"]]).max()))
+    bounds = metric_bounds(name, horizon(ga, gb))  # the values it can take: its intervals are clipped to them
     ma, loa, hia = mean_ci(a, bounds=bounds)
     mb, lob, hib = mean_ci(b, bounds=bounds)
     diff, lo, hi = welch_ci(a, b)
@@ -200,9 +204,7 @@ def condition_summary(table, measures=PRIMARY + ("seconds_to_level", "log_loss_a
     rows = []
     for key, g in table.groupby(list(by), sort=False):
         for name in (m for m in measures if m in g):
-            bounds = metric_bounds(name)
-            if name == "steps_to_level":
-                bounds = (0.0, float(g["planned_steps"].max()))
+            bounds = metric_bounds(name, horizon(g))
             x = finite(g[name])
             mean, lo, hi = mean_ci(x, bounds=bounds)
             rows.append({**dict(zip(by, key)), "measure": name, "n": len(g), "diverged": int(g["diverged"].sum()),

@@ -5,10 +5,11 @@ test_measures.py, their comparisons in test_verdicts.py.)"""
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
-from normlib import metrics
+from normlib import metrics, verdicts
 from normlib.train import History, TrainConfig
 
 
@@ -163,6 +164,18 @@ def test_intervals_are_clipped_to_the_values_a_metric_can_take():
     assert metrics.mean_ci([0.9, 1.0])[2] > 1  # no bounds: the plain t interval
     assert metrics.metric_bounds("val_error") == (0, 1) and metrics.metric_bounds("best_val_acc") == (0, 1)
     assert metrics.metric_bounds("steps_to_loss")[0] == 0 and metrics.metric_bounds("seed") is None
+
+
+def test_steps_to_the_level_are_bounded_by_the_horizon_they_are_censored_at():
+    """A restricted mean of steps censored at the planned steps lies in [0, horizon]: metric_bounds knows it
+    when given the horizon (the verdicts' tables pass the runs' planned steps), and only for that measure."""
+    assert metrics.metric_bounds("steps_to_level", horizon=400) == (0.0, 400.0)
+    assert metrics.metric_bounds("steps_to_level") == (0.0, math.inf)
+    assert metrics.metric_bounds("final_val_loss", horizon=400) == (0.0, math.inf)
+    table = pd.DataFrame({"arch": "mlp", "norm": ["none"] * 3, "steps_to_level": [380.0, 400.0, 400.0],
+                          "reached": [True, False, False], "planned_steps": 400, "diverged": False})
+    row = verdicts.condition_summary(table, measures=("steps_to_level",)).iloc[0]
+    assert row["hi"] == 400.0 and row["lo"] < row["mean"] < 400.0  # unclipped, the t interval passes 400
 
 
 def test_a_log_of_a_loss_is_not_bounded_below_by_zero():
