@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("norms.cpp", "pooling.cpp", "conv.cpp"))
+FILES = SOURCES + (Path(__file__).parent / "csrc" / "common.h",)  # what a build is made from: its key, its copy
 # -fopenmp: at::parallel_for splits the loops over torch's own OpenMP threads (the libgomp that torch
 # loaded, so torch.set_num_threads applies to them too)
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
@@ -66,8 +67,8 @@ def _cpu_flags():
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(("flags", "Features"))), "")
 
 
-def build_key(sources=SOURCES):
-    """16 hex digits naming a build: the sources' names and contents, the flags, torch's version,
+def build_key(sources=FILES):
+    """16 hex digits naming a build: the sources' (and header's) names and contents, the flags, torch's version,
     Python's extension ABI, and the CPU. Not their paths: copies of one source share the key."""
     from importlib.metadata import version
 
@@ -85,7 +86,7 @@ def build_root():
     return Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(sys.prefix) / "normlib-kernels")
 
 
-def build_dir(sources=SOURCES):
+def build_dir(sources=FILES):
     """Where the build of these sources lives: <build_root()>/normlib_kernels_<build_key()>."""
     return build_root() / f"normlib_kernels_{build_key(sources)}"
 
@@ -115,14 +116,15 @@ def ext(verbose=False):
         try:
             folder.mkdir(parents=True, exist_ok=True)
             sources = []
-            for path in SOURCES:  # compiled from the copy in the folder: one path for every checkout
+            for path in FILES:  # compiled from the copy in the folder: one path for every checkout
                 copy = folder / "src" / path.name
                 if not copy.exists():  # never rewritten: a newer mtime would make ninja rebuild
                     copy.parent.mkdir(exist_ok=True)
                     tmp = copy.with_name(f".{path.name}.{os.getpid()}.tmp")
                     tmp.write_bytes(path.read_bytes())
                     os.replace(tmp, copy)
-                sources.append(str(copy))
+                if path in SOURCES:
+                    sources.append(str(copy))
             _ext = cpp_extension.load(name=folder.name, sources=sources, extra_cflags=list(CFLAGS),
                                       extra_ldflags=list(LDFLAGS), build_directory=str(folder), verbose=verbose)
         except (OSError, RuntimeError, ImportError) as e:

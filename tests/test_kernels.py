@@ -9,7 +9,7 @@ from normlib import kernels
 
 def copy_sources(dest):
     dest.mkdir(parents=True)
-    return [Path(shutil.copy(src, dest / src.name)) for src in kernels.SOURCES]
+    return [Path(shutil.copy(src, dest / src.name)) for src in kernels.FILES]
 
 
 def test_copies_of_the_sources_share_one_build(tmp_path, monkeypatch):
@@ -20,9 +20,10 @@ def test_copies_of_the_sources_share_one_build(tmp_path, monkeypatch):
 
 
 def test_a_changed_source_gets_another_build(tmp_path):
-    changed = copy_sources(tmp_path / "a")
-    changed[-1].write_text(changed[-1].read_text() + "// one more line\n")
-    assert kernels.build_dir(changed) != kernels.build_dir()
+    for i in range(len(kernels.FILES)):  # each source and the header they share
+        changed = copy_sources(tmp_path / f"a{i}")
+        changed[i].write_text(changed[i].read_text() + "// one more line\n")
+        assert kernels.build_dir(changed) != kernels.build_dir(), changed[i].name
 
 
 def test_flags_and_cpu_are_part_of_the_key(monkeypatch):

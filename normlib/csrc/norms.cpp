@@ -21,6 +21,8 @@
 // extension, by normlib/kernels.py (torch.utils.cpp_extension.load).
 #include <torch/extension.h>
 
+#include "common.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -77,11 +79,7 @@ inline double lane_sum(int64_t n, F f) {
   return out[0];
 }
 
-void check_input(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "normlib kernels: ", name, " must be a CPU tensor (got ", t.device(), ")");
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-              "normlib kernels: ", name, " must be float32 or float64 (got ", t.scalar_type(), ")");
-}
+using normlib::check_input;
 
 // dy, x and gamma of one type; the statistics saved by the forward in float64.
 void check_backward_inputs(const Tensor& dy, const Tensor& x, const Tensor& gamma, const Tensor& mean,

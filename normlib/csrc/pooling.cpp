@@ -5,6 +5,8 @@
 // (in norms.cpp) adds these functions with bind_pooling.
 #include <torch/extension.h>
 
+#include "common.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -17,11 +19,7 @@ using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-void check_input(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "normlib kernels: ", name, " must be a CPU tensor (got ", t.device(), ")");
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble,
-              "normlib kernels: ", name, " must be float32 or float64 (got ", t.scalar_type(), ")");
-}
+using normlib::check_input;
 
 // 2 x 2 max pooling with stride 2 on x (P, H, W), P = N*C planes, as torch's F.max_pool2d(x, 2):
 // per window the largest value, the first one in row-major order on ties, a NaN wherever one
