@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing normlib
 
 from normlib.data import DataError, load_fashion_mnist  # noqa: E402
 from normlib.paths import results_dir, write_atomic  # noqa: E402
+from normlib.provenance import batched_text  # noqa: E402
 from normlib.train import TrainConfig, resolve_device  # noqa: E402
 
 # the measurements, one file each (beside this one)
@@ -151,10 +152,8 @@ def main(argv=None):
     context["seeds_batched_vs_separate"] = batched_seeds(device, max(calls // 4, 5), max(warm // 4, 2))
     print("context: where a training step spends its time at the default widths: "
           + ", ".join(f"{arch.upper()} {share:.0%}" for arch, share in context["step_in_matmuls"].items())
-          + " of it in matrix products and convolutions (MKL, oneDNN); 5 seeds of the CNN in one model take "
-          + " and ".join(f"{r:.2f} of the time of 5 separate models in {layer}"
-                         for layer, r in context["seeds_batched_vs_separate"].items())
-          + " (forward + backward: a grouped convolution, a batched matrix product)", flush=True)
+          + " of it in matrix products and convolutions (MKL, oneDNN); forward + backward, "
+          + batched_text(context["seeds_batched_vs_separate"]), flush=True)
     # the most a trainer could reach: nothing but its counted matmul FLOPs, at the matmul peak of this run
     mlp = TrainConfig(arch="mlp", norm="batch", batch_size=BATCH, device=device)
     peak = results["cnn_fraction_of_peak"]["reference"] * 1e9  # FLOP/s

@@ -236,6 +236,13 @@ def trained_once(results=None):
 HOW_BATCHED = {"conv2": "one grouped convolution", "fc3": "one batched matrix product"}
 
 
+def batched_text(batched):
+    """make benchmark's seeds_batched_vs_separate ({layer: ratio}) in words; bench.py prints the same words."""
+    return ("5 seeds of the CNN in one model take "
+            + " and ".join(f"{v:.2f} of the time of 5 separate models in {k} ({HOW_BATCHED.get(k, k)})"
+                           for k, v in batched.items()))
+
+
 def levers_text(bench):
     """What the benchmark measured of the levers that pay for the budget (results/benchmark.json), in one
     paragraph, or what to run to get them."""
@@ -258,9 +265,7 @@ def levers_text(bench):
             + (", and a step spends " + " and ".join(f"{v:.0%} ({a.upper()})" for a, v in share.items())
                + " of its time in matrix products and convolutions, so batching several seeds into one model "
                  "would only shrink the rest" if share else "")
-            + ("; measured where that time goes, 5 seeds of the CNN in one model take "
-               + " and ".join(f"{v:.2f} of the time of 5 separate models in {k} ({HOW_BATCHED.get(k, k)})"
-                              for k, v in batched.items()) if batched else "") + ".")
+            + ("; measured where that time goes, " + batched_text(batched) if batched else "") + ".")
 
 
 def benchmark_summary(bench):

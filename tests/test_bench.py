@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from normlib import provenance
 from normlib.data import verify
 from normlib.paths import data_dir
 
@@ -48,6 +49,7 @@ def test_quick_benchmark_writes_every_measurement(tmp_path):
                 "matmuls_only_vs_torchvision"))
     batched = context["seeds_batched_vs_separate"]  # the measured case against batching seeds into one model
     assert set(batched) == {"conv2", "fc3"} and all(math.isfinite(r) and r > 0 for r in batched.values())
+    assert provenance.batched_text(batched) in proc.stdout  # printed in the cost chapter's words
     assert not list(tmp_path.glob(".*.tmp"))  # the JSON was written atomically
 
 
