@@ -25,7 +25,7 @@ namespace {
 using torch::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
+using normlib::check_input;
 
 // image (H, W) into buf ((H + 2), (W + 2)) with a border of zeros
 template <typename T>
@@ -112,7 +112,7 @@ void conv_backward_loops(const T* __restrict__ dy, const T* __restrict__ x, T* _
 }
 
 void check_shapes(const Tensor& x, const Tensor& wt, const Tensor& b) {
-  normlib::check_input(x, "x");
+  check_input(x, "x");
   TORCH_CHECK(x.dim() == 4 && x.size(1) == 1, "first_conv: x must be (N, 1, H, W), got ", x.sizes());
   TORCH_CHECK(wt.dim() == 4 && wt.size(1) == 1 && wt.size(2) == 3 && wt.size(3) == 3,
               "first_conv: w must be (O, 1, 3, 3), got ", wt.sizes());
@@ -137,8 +137,8 @@ Tensor first_conv_forward(const Tensor& x_, const Tensor& w_, const Tensor& b_) 
 // sum over images in image order (in float64, so the result does not depend on the batch's order
 // of reduction beyond that)
 std::vector<Tensor> first_conv_backward(const Tensor& dy_, const Tensor& x_) {
-  normlib::check_input(dy_, "dy");
-  normlib::check_input(x_, "x");
+  check_input(dy_, "dy");
+  check_input(x_, "x");
   const Tensor dy = dy_.contiguous(), x = x_.contiguous();
   const int64_t n = x.size(0), o = dy.size(1), h = x.size(2), w = x.size(3);
   TORCH_CHECK(dy.dim() == 4 && dy.size(0) == n && dy.size(2) == h && dy.size(3) == w,
